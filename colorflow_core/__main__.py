@@ -1,0 +1,7 @@
+"""``python -m colorflow_core ...`` → the headless CLI."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
