@@ -1,0 +1,31 @@
+"""The ColorFlow ComfyUI nodes: thin wrappers (argument checks, tensor conversion, progress,
+interruption, memory management) over `colorflow_core`, which does all the work."""
+from __future__ import annotations
+
+from .colorize import InContextColorize
+from .comfy import register_model_folder
+from .model import LoadColorFlowModel
+from .pool import ReferencePoolNode
+from .retrieve import RetrieveReferences
+from .sequence import LoadImageSequence
+from .upscale import GuidedUpscale
+
+register_model_folder()
+
+NODE_CLASS_MAPPINGS = {
+    "ColorFlowLoadModel": LoadColorFlowModel,
+    "ColorFlowReferencePool": ReferencePoolNode,
+    "ColorFlowRetrieveReferences": RetrieveReferences,
+    "ColorFlowInContextColorize": InContextColorize,
+    "ColorFlowGuidedUpscale": GuidedUpscale,
+    "ColorFlowLoadImageSequence": LoadImageSequence,
+}
+
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ColorFlowLoadModel": "Load ColorFlow Model",
+    "ColorFlowReferencePool": "Reference Pool (ColorFlow)",
+    "ColorFlowRetrieveReferences": "Retrieve References (ColorFlow)",
+    "ColorFlowInContextColorize": "In-Context Colorize (ColorFlow)",
+    "ColorFlowGuidedUpscale": "Guided Upscale (ColorFlow)",
+    "ColorFlowLoadImageSequence": "Load Image Sequence (ColorFlow)",
+}

@@ -1,0 +1,70 @@
+"""In-Context Colorize: the diffusion stage, every page of the context in one node run."""
+from __future__ import annotations
+
+from colorflow_core.errors import InputError
+
+from . import comfy
+from .tensors import tensor_from_images
+
+MAX_SEED = 0xFFFFFFFFFFFF  # page i uses seed + i: stay far below torch's 2**64 limit
+
+
+class InContextColorize:
+    """Denoises each page's canvas with the ColorGuider; the page is the centre of the result."""
+
+    DESCRIPTION = (
+        "Colours every page of the context with in-context diffusion: the retrieved references around the page "
+        "steer its colours. Page i uses seed + i, so a page's result does not depend on the batch or its "
+        "neighbours. Outputs the coloured pages (W x H, same order as the input) and the full canvases."
+    )
+    CATEGORY = "ColorFlow"
+    FUNCTION = "colorize"
+    RETURN_TYPES = ("IMAGE", "IMAGE")
+    RETURN_NAMES = ("colored", "canvases")
+    OUTPUT_TOOLTIPS = (
+        "The coloured pages (W x H), one per input page in order: connect to Guided Upscale or Save Image.",
+        "The whole denoised canvases (2W x 2H), for inspection.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("COLORFLOW_MODEL", {"tooltip": "From Load ColorFlow Model (the one used for Retrieve "
+                                                         "References)."}),
+                "context": ("COLORFLOW_CONTEXT", {"tooltip": "From Retrieve References."}),
+                "steps": ("INT", {"default": 10, "min": 1, "max": 200,
+                                  "tooltip": "Denoising steps (UniPC); the original demo uses 10."}),
+                "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": "Classifier-free guidance scale: 7.5 for screenstyle (SD1.5), "
+                                             "4.5 for the sketch styles (PixArt)."}),
+                "guider_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                                              "tooltip": "ColorGuider conditioning scale: how strongly the page "
+                                                         "and references steer the diffusion (1.0 = as trained)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Random seed; page i uses seed + i."}),
+            },
+            "optional": {
+                "batch_size": ("INT", {"default": 0, "min": 0, "max": 64,
+                                       "tooltip": "Pages denoised together (0 = chosen from free memory)."}),
+            },
+        }
+
+    def colorize(self, model, context, steps: int, cfg: float, guider_strength: float, seed: int,
+                 batch_size: int = 0):
+        from colorflow_core.engine import ColorizeSettings
+        from colorflow_core.upscale import centre_crop
+
+        if len(context) == 0:
+            raise InputError("In-Context Colorize: the context holds no pages")
+        settings = ColorizeSettings(steps=steps, guidance_scale=cfg, guider_scale=guider_strength, seed=seed,
+                                    batch_size=batch_size or None)
+        try:
+            engine = model.use()
+            canvases = engine.colorize(context.pages, settings,
+                                       progress=comfy.progress_callback(len(context) * steps),
+                                       check_interrupt=comfy.check_interrupt)
+        finally:
+            model.done()
+        pages = [centre_crop(canvas) for canvas in canvases]
+        return (tensor_from_images(pages), tensor_from_images(canvases))

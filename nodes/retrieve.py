@@ -1,0 +1,127 @@
+"""Retrieve References: style preprocessing + retrieval for every page, and the stitched canvases."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from colorflow_core.errors import InputError
+from colorflow_core.sizes import MAX_SIDE, MIN_SIDE, PRESETS, SIZE_MULTIPLE, PageSize
+
+from . import comfy
+from .tensors import images_from_tensors, mask_from_images, tensor_from_images
+
+CUSTOM = "custom"
+SIZE_CHOICES = (*PRESETS, CUSTOM)
+
+
+def page_size(size: str, width: int, height: int) -> PageSize:
+    """A preset, or the custom width x height rounded to a usable size (multiples of 32)."""
+    if size == CUSTOM:
+        return PageSize.snap(width, height)
+    if size not in PRESETS:
+        raise InputError(f"size must be one of {', '.join(SIZE_CHOICES)}, got {size!r}")
+    return PRESETS[size]
+
+
+@dataclass
+class PageContexts:
+    """What In-Context Colorize and Guided Upscale need from retrieval, for every page in order."""
+
+    size: PageSize
+    pages: list  # colorflow_core.engine.PageContext
+
+    def __len__(self) -> int:
+        return len(self.pages)
+
+    def __repr__(self) -> str:
+        return f"ColorFlow context ({len(self.pages)} pages of {self.size})"
+
+
+def _first(value, name: str):
+    """INPUT_IS_LIST hands every input over as a list; settings must be single values."""
+    if isinstance(value, list):
+        if len({repr(v) for v in value}) > 1:
+            raise InputError(f"Retrieve References: {name} got {len(value)} different values; connect only one")
+        return value[0]
+    return value
+
+
+class RetrieveReferences:
+    """Runs the style preprocessing of each page and picks, per page patch, the most similar
+    reference patches; the page and its picks form the in-context canvas."""
+
+    DESCRIPTION = (
+        "For every page: fits it to the page size (centre-crop if its aspect ratio is off by more than 15%), "
+        "runs the style preprocessing (ScreenStyle screentone), and stitches the top-k most similar reference "
+        "patches around it into a 2W x 2H canvas. Pages may have any sizes (a batch or a list). Outputs the "
+        "context for In-Context Colorize plus the canvases and their masks (white = the page) for preview."
+    )
+    CATEGORY = "ColorFlow"
+    FUNCTION = "retrieve"
+    INPUT_IS_LIST = True
+    RETURN_TYPES = ("COLORFLOW_CONTEXT", "IMAGE", "MASK")
+    RETURN_NAMES = ("context", "canvases", "masks")
+    OUTPUT_TOOLTIPS = (
+        "Preprocessed pages with their retrieved references, for In-Context Colorize and Guided Upscale.",
+        "The stitched canvases (2W x 2H), one per page in order: the page in the centre, references around it.",
+        "The canvas masks (1 = the page region that gets coloured).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("COLORFLOW_MODEL", {"tooltip": "From Load ColorFlow Model."}),
+                "pages": ("IMAGE", {"tooltip": "The black-and-white pages, in reading order: a batch or a list "
+                                               "of any sizes (e.g. from Load Image Sequence)."}),
+                "pool": ("COLORFLOW_POOL", {"tooltip": "From Reference Pool."}),
+                "size": (list(SIZE_CHOICES), {
+                    "default": "512x800",
+                    "tooltip": "Page size W x H the model works at (the three sizes ColorFlow was trained on), "
+                               "or custom (width / height below).",
+                }),
+                "width": ("INT", {
+                    "default": 512, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIZE_MULTIPLE,
+                    "tooltip": "Custom page width (size = custom only), rounded to a multiple of 32.",
+                }),
+                "height": ("INT", {
+                    "default": 800, "min": MIN_SIDE, "max": MAX_SIDE, "step": SIZE_MULTIPLE,
+                    "tooltip": "Custom page height (size = custom only), rounded to a multiple of 32.",
+                }),
+                "top_k": ("INT", {
+                    "default": 3, "min": 1, "max": 3,
+                    "tooltip": "Reference patches placed per page patch (the canvas has room for 3).",
+                }),
+                "preprocess_seed": ("INT", {
+                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFF,
+                    "tooltip": "Seed of the ScreenStyle screentone noise; page i uses seed + i.",
+                }),
+            },
+            "optional": {
+                "names": ("STRING", {"forceInput": True,
+                                     "tooltip": "Page names (e.g. Load Image Sequence's names), kept with "
+                                                "the pages."}),
+            },
+        }
+
+    def retrieve(self, model, pages, pool, size, width, height, top_k, preprocess_seed, names=None):
+        model, pool = _first(model, "model"), _first(pool, "pool")
+        target = page_size(_first(size, "size"), _first(width, "width"), _first(height, "height"))
+        page_images = images_from_tensors(pages, "Retrieve References: pages")
+        names = [str(n) for n in names] if names else []
+        if names and len(names) != len(page_images):
+            raise InputError(f"Retrieve References: {len(names)} names for {len(page_images)} pages; connect the "
+                             f"names output of the same Load Image Sequence as the pages")
+        names = names or [f"page{i + 1}" for i in range(len(page_images))]
+        try:
+            reference_pool = pool.embedded(model, target, progress=comfy.progress_callback(len(pool)))
+            engine = model.use()
+            contexts = engine.prepare(
+                page_images, reference_pool, target, top_k=_first(top_k, "top_k"),
+                seed=_first(preprocess_seed, "preprocess_seed"), names=names,
+                progress=comfy.progress_callback(len(page_images)),
+            )
+        finally:
+            model.done()
+        canvases = tensor_from_images([c.retrieval.canvas for c in contexts])
+        masks = mask_from_images([c.retrieval.mask for c in contexts])
+        return (PageContexts(target, list(contexts)), canvases, masks)

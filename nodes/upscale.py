@@ -1,0 +1,64 @@
+"""Guided Upscale: GSRP, the coloured pages brought to 1.5x with the original pages' detail."""
+from __future__ import annotations
+
+from colorflow_core.errors import InputError
+from colorflow_core.images import check_page
+
+from . import comfy
+from .colorize import MAX_SEED
+from .tensors import images_from_tensors, tensor_from_images
+
+
+class GuidedUpscale:
+    """Fuses the VAE features of each coloured page with those of its original (preprocessed) page
+    and decodes at 1.5x: sharp line work from the original, colours from the diffusion result."""
+
+    DESCRIPTION = (
+        "Upscales the coloured pages to 1.5 x the page size, guided by the original pages (as Retrieve "
+        "References preprocessed them, carried in the context) so the line work stays sharp. Give the pages "
+        "in the same order and number as the context (In-Context Colorize's output does that)."
+    )
+    CATEGORY = "ColorFlow"
+    FUNCTION = "upscale"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The high-resolution coloured pages (1.5W x 1.5H), in order.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("COLORFLOW_MODEL", {"tooltip": "From Load ColorFlow Model."}),
+                "colored": ("IMAGE", {"tooltip": "The coloured pages (In-Context Colorize's colored output, or "
+                                                 "edited versions of it), one per context page, in order. Any "
+                                                 "size is resized to the guide; whole canvases are centre-cropped."}),
+                "context": ("COLORFLOW_CONTEXT", {"tooltip": "From Retrieve References: holds the original "
+                                                             "pages the upscale is guided by."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+                                 "tooltip": "Seed of the VAE posterior sample; page i uses seed + i."}),
+            },
+        }
+
+    def upscale(self, model, colored, context, seed: int):
+        pages = images_from_tensors(colored, "Guided Upscale: colored")
+        if len(pages) != len(context):
+            raise InputError(
+                f"Guided Upscale: {len(pages)} coloured pages but the context holds {len(context)} original pages; "
+                f"connect the colored output of the In-Context Colorize that used this context"
+            )
+        from colorflow_core.upscale import centre_crop
+
+        for i, (page, ctx) in enumerate(zip(pages, context.pages)):
+            check_page(page, f"Guided Upscale: coloured page {i + 1}")
+            if page.size == ctx.size.canvas:  # a whole canvas was connected: its centre is the page
+                pages[i] = centre_crop(page)
+        try:
+            engine = model.use()
+            # The engine's upscaler directly: it takes W x H pages (engine.upscale wants whole canvases)
+            # and checks for interruption between batches.
+            results = engine.upscaler(pages, [ctx.guide for ctx in context.pages], seeds=seed,
+                                      progress=comfy.progress_callback(len(pages)),
+                                      check_interrupt=comfy.check_interrupt)
+        finally:
+            model.done()
+        return (tensor_from_images(results),)

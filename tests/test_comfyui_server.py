@@ -1,0 +1,207 @@
+"""The pack in a real ComfyUI server (CPU, loopback only), on tiny random weights.
+
+Needs a ComfyUI checkout: set COMFYUI_DIR to it and COMFYUI_PYTHON to an interpreter that has
+ComfyUI's requirements plus ours (default: the interpreter running pytest). Skipped otherwise.
+The server gets a temporary --base-directory: our pack linked into its custom_nodes/, a tiny
+release in models/colorflow/tiny/, a tiny SD1.5-shaped base in models/diffusers/sd_tiny/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.comfy_tiny import write_tiny_release
+from tests.comfy_workflow import load_workflow, to_api, validate_workflow
+
+pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+PACK_NAME = "comfyui-colorflow"
+START_TIMEOUT = 180
+RUN_TIMEOUT = 300
+FREE_CHOICE = {"ColorFlowLoadModel.release", "ColorFlowLoadModel.base", "LoadImage.image"}
+TINY = {  # what turns the shipped manga workflow into a seconds-long CPU run on the tiny weights
+    ("ColorFlowLoadModel", "release"): "tiny",
+    ("ColorFlowLoadModel", "base"): "diffusers/sd_tiny",
+    ("ColorFlowLoadModel", "dtype"): "fp32",
+    ("ColorFlowLoadModel", "screentone"): False,  # the tiny release has no ScreenVAE
+    ("ColorFlowLoadImageSequence", "limit"): 2,
+    ("ColorFlowRetrieveReferences", "size"): "custom",
+    ("ColorFlowRetrieveReferences", "width"): 64,
+    ("ColorFlowRetrieveReferences", "height"): 96,
+    ("ColorFlowInContextColorize", "steps"): 2,
+}
+
+if not COMFYUI_DIR:
+    pytest.skip("COMFYUI_DIR is not set: point it to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter) "
+                "to run the real-ComfyUI test; see docs/COMFYUI.md", allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, url: str, base: Path, log: Path) -> None:
+        self.url, self.base, self.log = url, base, log
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def post(self, path: str, payload: dict) -> tuple[int, dict]:
+        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def run(self, prompt: dict) -> dict:
+        """Queue ``prompt`` and wait for its history entry."""
+        status, answer = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
+        assert status == 200, answer
+        prompt_id = answer["prompt_id"]
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while time.monotonic() < deadline:
+            history = self.get(f"/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            time.sleep(1)
+        raise AssertionError(f"prompt did not finish in {RUN_TIMEOUT} s; server log:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy_base")
+    (base / "custom_nodes").mkdir()
+    (base / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
+    write_tiny_release(base / "models" / "colorflow" / "tiny", base / "models" / "diffusers" / "sd_tiny")
+    port = _free_port()
+    log = base / "server.log"
+    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
+               str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
+    with open(log, "w") as log_file:
+        process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log_file, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", base, log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"ComfyUI exited with {process.returncode} during start-up:\n{server.log_tail()}")
+            try:
+                server.get("/system_stats")
+                break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                if time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI not ready after {START_TIMEOUT} s:\n{server.log_tail()}")
+                time.sleep(1)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info")
+
+
+def test_pack_imports_and_every_node_is_listed(server, object_info):
+    from nodes import NODE_CLASS_MAPPINGS
+
+    log = server.log.read_text(errors="replace")
+    pack_lines = [line for line in log.splitlines() if PACK_NAME in line]
+    assert pack_lines, f"the pack was not loaded:\n{server.log_tail()}"
+    assert not any("IMPORT FAILED" in line for line in pack_lines), "\n".join(pack_lines)
+    for name in NODE_CLASS_MAPPINGS:
+        assert name in object_info, f"{name} missing from /object_info"
+        assert object_info[name]["python_module"] == f"custom_nodes.{PACK_NAME}"
+        assert object_info[name]["category"] == "ColorFlow"
+    assert object_info["ColorFlowLoadModel"]["input"]["required"]["release"][0] == ["tiny"]
+    assert "diffusers/sd_tiny" in object_info["ColorFlowLoadModel"]["input"]["required"]["base"][0]
+
+
+@pytest.mark.parametrize("name", ["manga_sequence.json", "storyboard_sequence.json"])
+def test_workflows_match_the_servers_definitions(object_info, name):
+    definitions = {k: {"input": v["input"], "output": tuple(v["output"])} for k, v in object_info.items()}
+    assert validate_workflow(load_workflow(REPO / "workflows" / name), definitions, FREE_CHOICE) == []
+
+
+def test_workflow_templates_are_listed(server):
+    templates = server.get("/workflow_templates")
+    assert set(templates.get(PACK_NAME, [])) >= {"manga_sequence", "storyboard_sequence"}
+
+
+def _manga_prompt(object_info) -> dict:
+    definitions = {k: {"input": v["input"], "output": tuple(v["output"])} for k, v in object_info.items()}
+    return to_api(load_workflow(REPO / "workflows" / "manga_sequence.json"), definitions, TINY)
+
+
+def test_manga_workflow_runs(server, object_info):
+    prompt = _manga_prompt(object_info)
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    saved = {}
+    for node_id, output in entry["outputs"].items():
+        if prompt[node_id]["class_type"] == "SaveImage":
+            prefix = prompt[node_id]["inputs"]["filename_prefix"]
+            saved[prefix] = [server.base / "output" / i["subfolder"] / i["filename"] for i in output["images"]]
+    assert set(saved) == {"colorflow/manga", "colorflow/manga_hires"}
+    assert [Image.open(p).size for p in saved["colorflow/manga"]] == [(64, 96)] * 2
+    assert [Image.open(p).size for p in saved["colorflow/manga_hires"]] == [(96, 144)] * 2
+    previews = [o for k, o in entry["outputs"].items() if prompt[k]["class_type"] == "PreviewImage"]
+    assert len(previews) == 1 and len(previews[0]["images"]) == 2  # one canvas per page
+
+
+def test_bad_input_reaches_the_user_as_a_clear_message(server, object_info):
+    # Before running: a missing release folder is refused by validation with an actionable text.
+    prompt = _manga_prompt(object_info)
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "ColorFlowLoadModel")
+    prompt[loader]["inputs"]["release"] = "gone"
+    status, answer = server.post("/prompt", {"prompt": prompt})
+    assert status == 400
+    assert "'gone' was not found" in json.dumps(answer["node_errors"]) and "TencentARC/ColorFlow" in json.dumps(answer)
+
+    # While running: Guided Upscale given 1 coloured page for a 2-page context.
+    prompt = _manga_prompt(object_info)
+    upscale = next(k for k, v in prompt.items() if v["class_type"] == "ColorFlowGuidedUpscale")
+    pages = next(k for k, v in prompt.items() if v["class_type"] == "ColorFlowLoadImageSequence")
+    prompt["900"] = {"class_type": "ColorFlowRetrieveReferences", "inputs": dict(
+        next(v for v in prompt.values() if v["class_type"] == "ColorFlowRetrieveReferences")["inputs"])}
+    prompt["901"] = {"class_type": "ColorFlowLoadImageSequence",
+                     "inputs": dict(prompt[pages]["inputs"], limit=1)}
+    prompt["900"]["inputs"].update(pages=["901", 0], names=["901", 1])
+    prompt["902"] = {"class_type": "ColorFlowInContextColorize", "inputs": dict(
+        next(v for v in prompt.values() if v["class_type"] == "ColorFlowInContextColorize")["inputs"],
+        context=["900", 0])}
+    prompt[upscale]["inputs"]["colored"] = ["902", 0]
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["exception_type"] == "colorflow_core.errors.InputError"
+    assert error["exception_message"].startswith("Guided Upscale: 1 coloured pages but the context holds 2")

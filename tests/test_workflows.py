@@ -1,0 +1,80 @@
+"""The shipped workflows load and convert against our node definitions (no ComfyUI needed)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from tests.comfy_workflow import (
+    CORE_NODES, FRONTEND_ONLY, definitions_from_classes, load_workflow, to_api, validate_workflow,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+# The workflows of the self-contained nodes (built from our node classes + the core nodes below).
+WORKFLOWS = [REPO / "workflows" / "manga_sequence.json", REPO / "workflows" / "storyboard_sequence.json"]
+# Combo lists that depend on the user's disk: any string is fine in a shipped workflow.
+FREE_CHOICE = {"ColorFlowLoadModel.release", "ColorFlowLoadModel.base", "LoadImage.image"}
+
+
+@pytest.fixture(scope="module")
+def definitions():
+    from nodes import NODE_CLASS_MAPPINGS
+
+    return {**CORE_NODES, **definitions_from_classes(NODE_CLASS_MAPPINGS)}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflow_is_valid(path, definitions):
+    workflow = load_workflow(path)
+    assert workflow.get("version") == 0.4
+    assert validate_workflow(workflow, definitions, FREE_CHOICE) == []
+    used = {node["type"] for node in workflow["nodes"]} - FRONTEND_ONLY
+    assert {"ColorFlowLoadModel", "ColorFlowRetrieveReferences", "ColorFlowInContextColorize", "SaveImage"} <= used
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_example_folders_exist(path):
+    """Every folder a shipped workflow reads is shipped with the pack and holds images."""
+    from nodes.paths import folder_images
+
+    for node in load_workflow(path)["nodes"]:
+        if node["type"] in ("ColorFlowLoadImageSequence", "ColorFlowReferencePool") and node["widgets_values"][0]:
+            assert folder_images(node["widgets_values"][0], node["type"]), node
+
+
+def test_validator_catches_broken_workflows(definitions):
+    """The checker itself fails on each kind of defect (so a pass above means something)."""
+    good = load_workflow(REPO / "workflows" / "manga_sequence.json")
+
+    def broken(change):
+        workflow = copy.deepcopy(good)
+        change(workflow)
+        return validate_workflow(workflow, definitions, FREE_CHOICE)
+
+    def node(workflow, kind):
+        return next(n for n in workflow["nodes"] if n["type"] == kind)
+
+    assert broken(lambda w: node(w, "ColorFlowInContextColorize").update(type="NoSuchNode"))
+    assert broken(lambda w: node(w, "ColorFlowInContextColorize")["widgets_values"].pop())
+    assert broken(lambda w: node(w, "ColorFlowInContextColorize")["widgets_values"].__setitem__(0, 0))  # steps < 1
+    assert broken(lambda w: node(w, "ColorFlowInContextColorize")["widgets_values"].__setitem__(1, "high"))
+    assert broken(lambda w: node(w, "ColorFlowRetrieveReferences")["widgets_values"].__setitem__(0, "1x1"))
+    assert broken(lambda w: w["links"][0].__setitem__(5, "IMAGE"))  # wrong link type
+    assert broken(lambda w: w["links"].pop())  # dangling input link
+    assert broken(lambda w: node(w, "ColorFlowGuidedUpscale")["inputs"][1].update(link=None))  # required missing
+
+
+def test_api_conversion(definitions):
+    workflow = load_workflow(REPO / "workflows" / "manga_sequence.json")
+    prompt = to_api(workflow, definitions, {("ColorFlowInContextColorize", "steps"): 2})
+    kinds = {entry["class_type"] for entry in prompt.values()}
+    assert "Note" not in kinds and "LoadImage" not in kinds  # frontend-only and muted nodes dropped
+    colorize = next(e for e in prompt.values() if e["class_type"] == "ColorFlowInContextColorize")
+    assert colorize["inputs"]["steps"] == 2 and colorize["inputs"]["seed"] == 0
+    assert colorize["inputs"]["cfg"] == 7.5 and colorize["inputs"]["batch_size"] == 0  # after the "fixed" mode
+    pool = next(e for e in prompt.values() if e["class_type"] == "ColorFlowReferencePool")
+    assert "references" not in pool["inputs"]  # its source is muted
+    retrieve_id, retrieve = next((k, e) for k, e in prompt.items() if e["class_type"] == "ColorFlowRetrieveReferences")
+    assert retrieve["inputs"]["pool"][0] in prompt and isinstance(retrieve["inputs"]["pool"][1], int)
+    assert colorize["inputs"]["context"] == [retrieve_id, 0]
