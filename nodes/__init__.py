@@ -5,6 +5,7 @@ from __future__ import annotations
 from .colorize import InContextColorize
 from .comfy import register_model_folder
 from .model import LoadColorFlowModel
+from .native import NATIVE_NODE_CLASS_MAPPINGS, NATIVE_NODE_DISPLAY_NAME_MAPPINGS
 from .pool import ReferencePoolNode
 from .retrieve import RetrieveReferences
 from .sequence import LoadImageSequence
@@ -29,3 +30,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorFlowGuidedUpscale": "Guided Upscale (ColorFlow)",
     "ColorFlowLoadImageSequence": "Load Image Sequence (ColorFlow)",
 }
+
+# The native path (ColorFlow as a patch on a ComfyUI MODEL, for KSampler / LoRA / ControlNet graphs).
+NODE_CLASS_MAPPINGS.update(NATIVE_NODE_CLASS_MAPPINGS)
+NODE_DISPLAY_NAME_MAPPINGS.update(NATIVE_NODE_DISPLAY_NAME_MAPPINGS)

@@ -15,15 +15,12 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 MODE_MUTED, MODE_BYPASSED = 2, 4
 
-# The core nodes our workflows use, as ComfyUI 0.8 defines them (nodes.py); the real-ComfyUI test
-# checks the workflows against the server's own /object_info as well.
+# The core nodes our workflows use, as ComfyUI 0.8 defines them (captured from its nodes.py); the
+# real-ComfyUI tests check the workflows against the server's own /object_info as well.
 CORE_NODES: dict[str, dict[str, Any]] = {
-    "LoadImage": {"input": {"required": {"image": (["colorflow_reference.png"], {"image_upload": True})}},
-                  "output": ("IMAGE", "MASK")},
-    "PreviewImage": {"input": {"required": {"images": ("IMAGE", {})}}, "output": ()},
-    "SaveImage": {"input": {"required": {"images": ("IMAGE", {}),
-                                         "filename_prefix": ("STRING", {"default": "ComfyUI"})}},
-                  "output": ()},
+    name: definition
+    for name, definition in json.loads((Path(__file__).parent / "data" / "comfyui_core_nodes.json").read_text()).items()
+    if not name.startswith("_")
 }
 
 
