@@ -29,7 +29,7 @@ from colorflow_core import performance
 from colorflow_core.engine import ColorFlow, ColorizeSettings
 from colorflow_core.sizes import PageSize, parse_size
 
-from .flows import STAGES, ChapterOutput, PromptEncoder, StageTimer, configure_ours, run_baseline, run_ours
+from .flows import STAGES, ChapterOutput, PromptEncoder, StageTimer, run_baseline, run_ours
 from .inputs import synthetic_chapter
 from .synthetic_release import SCALES, write_release
 
@@ -151,12 +151,18 @@ def machine(device: torch.device) -> dict[str, Any]:
 
 # ---- one mode ---------------------------------------------------------------------------------------
 
-def _load(root: Path, device: torch.device, dtype: str, screentone: bool) -> ColorFlow:
-    return ColorFlow.load("screenstyle", root, root / "base", device=device, dtype=dtype, screentone=screentone)
+def _load(root: Path, device: torch.device, dtype: str, screentone: bool,
+          speed: performance.SpeedOptions) -> ColorFlow:
+    return ColorFlow.load("screenstyle", root, root / "base", device=device, dtype=dtype, screentone=screentone,
+                          speed=speed)
 
 
 def _options(cfg: Config) -> performance.SpeedOptions:
     return performance.SpeedOptions(offload=cfg.offload, channels_last=cfg.channels_last, compile=cfg.compile)
+
+
+# The original's placement: everything resident, diffusers' default attention and memory layout.
+BASELINE_SPEED = performance.SpeedOptions(offload="none", channels_last=False)
 
 
 def run_mode(mode: str, cfg: Config, root: Path, pages: list, warm: list, refs: list, device: torch.device,
@@ -164,7 +170,10 @@ def run_mode(mode: str, cfg: Config, root: Path, pages: list, warm: list, refs: 
     size = parse_size(cfg.size)
     settings = ColorizeSettings(steps=cfg.steps, seed=cfg.seed)
     started = time.perf_counter()
-    flow = _load(root, device, "auto" if mode == "baseline" else cfg.dtype, cfg.screentone)
+    if mode == "baseline":
+        flow = _load(root, device, "auto", cfg.screentone, BASELINE_SPEED)
+    else:
+        flow = _load(root, device, cfg.dtype, cfg.screentone, _options(cfg))
     extra: dict[str, Any] = {}
     if mode == "baseline":
         prompts = PromptEncoder(root / "base", device, flow.dtype)
@@ -172,12 +181,9 @@ def run_mode(mode: str, cfg: Config, root: Path, pages: list, warm: list, refs: 
         def chapter(chunk: list, timer: StageTimer) -> ChapterOutput:
             return run_baseline(flow, prompts, chunk, refs, size, settings, timer)
     else:
-        # engine.load does not apply the speed settings yet: this is the call it should make (README)
-        offload = configure_ours(flow, size, _options(cfg))
         settings.batch_size = cfg.batch_size
-        extra["offload"] = offload.mode
-        extra["batch_size"] = cfg.batch_size or flow.pipeline.auto_batch_size([Image.new("RGB", size.canvas)],
-                                                                            len(pages))
+        extra["offload"] = flow.offload.mode
+        extra["batch_size"] = cfg.batch_size or flow.auto_batch_size(size, len(pages))
         cache = workdir / "pool-cache"
 
         def chapter(chunk: list, timer: StageTimer) -> ChapterOutput:
@@ -320,8 +326,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"wrote {args.out / name}.json and .png")
     if args.profile:
         if flow is None or modes[-1] != "ours":
-            flow = _load(root, device, cfg.dtype, cfg.screentone)
-            configure_ours(flow, size, _options(cfg))
+            flow = _load(root, device, cfg.dtype, cfg.screentone, _options(cfg))
         table = profile_page(flow, cfg, pages, refs, device, args.out)
         (args.out / f"{name}-profile.txt").write_text(table)
         print(table)

@@ -5,7 +5,8 @@
   loaded for that), no batching, no cache, library-default attention and memory layout.
 - `run_ours`: what the product does — the pool embedded once (cached on disk by content hash),
   prompt embeddings computed once at load, all pages prepared together and batched through the
-  UNet + guider, memory freed between stages, speed settings applied by `performance.configure`.
+  UNet + guider, memory freed between stages, speed settings applied by `performance.configure`
+  (which `ColorFlow.load` calls with its ``speed`` options).
 
 Both draw page i's randomness from seed + i, so they must give the same pages (within float
 tolerances); tests/test_baseline_equivalence.py checks this on tiny models.
@@ -21,10 +22,9 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
-from colorflow_core import performance
 from colorflow_core.engine import ColorFlow, ColorizeSettings
 from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
-from colorflow_core.release import SDBase
+from colorflow_core.release import encode_clip_prompts
 from colorflow_core.sizes import PageSize
 
 STAGES = ("retrieval", "icp", "gsrp")
@@ -65,16 +65,13 @@ class PromptEncoder:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         base = Path(base)
-        text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=dtype).to(device).eval()
-        self._base = SDBase(unet=None, vae=None, text_encoder=text_encoder,
-                            tokenizer=CLIPTokenizer.from_pretrained(base / "tokenizer"))
+        self.text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=dtype).to(device).eval()
+        self.tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
 
     def set_prompts(self, flow: ColorFlow) -> None:
         """Encode "" and "manga" now and hand them to the pipeline, as a per-call encode would."""
-        negative, prompt = self._base.encode_prompt([NEGATIVE_PROMPT, PROMPT])
-        pipe = flow.pipeline
-        pipe.negative_embeds = negative[None].to(pipe.device, pipe.dtype)
-        pipe.prompt_embeds = prompt[None].to(pipe.device, pipe.dtype)
+        flow.pipeline.set_prompt_embeds(*encode_clip_prompts(self.text_encoder, self.tokenizer,
+                                                             [NEGATIVE_PROMPT, PROMPT]))
 
 
 def run_baseline(flow: ColorFlow, prompts: PromptEncoder, pages: Sequence[Image.Image],
@@ -95,20 +92,6 @@ def run_baseline(flow: ColorFlow, prompts: PromptEncoder, pages: Sequence[Image.
             images += flow.upscale(contexts, canvas, seed=seed, generator_device=settings.generator_device)
         canvases += canvas
     return ChapterOutput(canvases, images)
-
-
-def speed_models(flow: ColorFlow) -> list[torch.nn.Module]:
-    """The big nets of a loaded screenstyle flow, in the order a page uses them."""
-    return [flow.encoder.model, flow.pipeline.vae, flow.pipeline.guider, flow.pipeline.unet]
-
-
-def configure_ours(flow: ColorFlow, size: PageSize, options: performance.SpeedOptions) -> performance.Offload:
-    """The product's speed settings on a loaded flow (SDPA, channels-last on CUDA, offload by free
-    memory, optional regional compile)."""
-    page = performance.page_working_bytes(size.latent, flow.dtype)
-    # the pool cache key hashes the encoder weights, which sequential offload moves off the module
-    flow.encoder.identity  # noqa: B018 (computed and kept now, while the weights are in place)
-    return performance.configure(speed_models(flow), flow.device, page, options)
 
 
 def run_ours(flow: ColorFlow, pages: Sequence[Image.Image], references: Sequence[Image.Image], size: PageSize,

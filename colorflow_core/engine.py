@@ -6,7 +6,6 @@ owns the loaded networks of one style, and validates user settings up front so a
 """
 from __future__ import annotations
 
-import gc
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,30 +13,34 @@ from typing import Callable, Sequence
 
 import torch
 from PIL import Image
+from torch import nn
 
+from . import performance
+from .batching import PageBatchPipeline
 from .encoders import CLIPImageEncoder, ImageEncoder
 from .errors import InputError, WeightsError
 from .fusion import MultiHiddenResNetModel
-from .images import normalize_mode
 from .pipeline import ColorFlowSDPipeline
 from .pixart import ColorFlowPixArtPipeline, load_pixart_style
 from .preprocess import STYLES, LineExtractor, ScreenStyleConverter, prepare_page
 from .release import PIXART_STYLES, ReleasePaths, find_release
 from .retrieval import MAX_TOP_K, ReferencePool, RetrievalResult, retrieve_many
-from .sizes import PageSize
+from .sizes import PRESETS, PageSize
 from .upscale import GuidedUpscaler, centre_crop
 
 ProgressFn = Callable[[int, int], None]
 InterruptFn = Callable[[], None]
 
-DEFAULT_GUIDANCE = {"screenstyle": 7.5, "sketch": 4.5, "shading": 4.5}  # the original's per-pipeline defaults
+DEFAULT_GUIDANCE = {"screenstyle": ColorFlowSDPipeline.default_guidance, "sketch": ColorFlowPixArtPipeline.default_guidance,
+                    "shading": ColorFlowPixArtPipeline.default_guidance}  # the original's per-pipeline defaults
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
 MAX_GUIDER_SCALE = 5.0
 MAX_SEED = 2**63 - 1  # page i draws with seed + i + 5: stays inside torch's 64-bit seed range
 ENCODERS = ("clip",)
-_DTYPES = {"fp16": torch.float16, "float16": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp32": torch.float32, "float32": torch.float32}
+# The offload mode is chosen at load, before any page size is known: plan for the official page area
+# (all presets are 512x800-sized).
+PLANNING_SIZE = PRESETS["512x800"]
 
 
 def _check_number(name: str, value: object, low: float, high: float, integer: bool = False) -> None:
@@ -83,8 +86,8 @@ class PageContext:
     """Retrieve References → In-Context Colorize: everything later stages need about one page."""
 
     size: PageSize
-    condition: Image.Image          # 1.5W x 1.5H, the preprocessed page (diffusion condition);
-                                    # the page as given for screenstyle without screentone (see prepare)
+    condition: Image.Image          # 1.5W x 1.5H, the preprocessed page (diffusion condition); the page
+                                    # as given for screenstyle without screentone (preprocess.prepare_page)
     guide: Image.Image              # 1.5W x 1.5H, the GSRP guide
     retrieval: RetrievalResult      # canvas (2W x 2H), mask, placements, scores
     name: str = ""                  # page name (file stem) for outputs
@@ -100,32 +103,6 @@ class PageResult:
     context: PageContext = field(repr=False)
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None/"auto" → CUDA when available, else CPU."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise InputError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from exc
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device cuda was asked for but torch sees no CUDA GPU: use --device cpu")
-    return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """"auto" → fp16 on CUDA, fp32 elsewhere; "fp16"/"bf16"/"fp32" or a torch dtype as given."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise InputError(f"dtype {dtype} is not supported: use fp16, bf16 or fp32")
-        return dtype
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise InputError(f"unknown dtype {dtype!r}: use auto, fp16, bf16 or fp32")
-    return _DTYPES[dtype]
-
-
 def _components(style: str, screentone: bool) -> list[str]:
     """Release components (release.COMPONENTS names) a style needs."""
     if style == "screenstyle":
@@ -133,42 +110,39 @@ def _components(style: str, screentone: bool) -> list[str]:
     return [style, f"{style}_fusion", "image_encoder", "line_extractor"]
 
 
-def _move_nets(holder: object, device: torch.device, *attributes: str) -> None:
-    """Move the networks of a preprocessing wrapper that keeps them plus its ``device``."""
-    for name in attributes:
-        getattr(holder, name).to(device)
-    holder.device = device
-
-
 class ColorFlow:
     """The loaded networks of one style plus the stage functions. Build with `ColorFlow.load`."""
 
-    def __init__(self, style: str, pipeline: ColorFlowSDPipeline | ColorFlowPixArtPipeline, encoder: ImageEncoder, upscaler: GuidedUpscaler,
+    def __init__(self, style: str, pipeline: PageBatchPipeline, encoder: ImageEncoder, upscaler: GuidedUpscaler,
                  screentone: ScreenStyleConverter | None, lines: LineExtractor | None,
-                 device: torch.device, dtype: torch.dtype, fusion_file: Path | None = None) -> None:
+                 device: torch.device, dtype: torch.dtype, offload: performance.Offload,
+                 fusion_file: Path | None = None) -> None:
         self.style, self.pipeline, self.encoder, self.upscaler = style, pipeline, encoder, upscaler
         self.screentone, self.lines = screentone, lines
         self.device, self.dtype = device, dtype
+        self.offload = offload
         self.fusion_file = fusion_file
 
     @classmethod
     def load(cls, style: str = "screenstyle", release: str | Path | None = None, base: str | Path | None = None, *,
              device: str | torch.device | None = None, dtype: str | torch.dtype = "auto",
              encoder: str | ImageEncoder = "clip", screentone: bool = True, allow_download: bool = False,
-             reuse: "ColorFlow | None" = None) -> "ColorFlow":
+             reuse: "ColorFlow | None" = None,
+             speed: performance.SpeedOptions = performance.SpeedOptions()) -> "ColorFlow":
         """Load a style from the release (``release`` None → `release.find_release`).
 
         ``base``: the SD1.5 folder / single file (screenstyle) or the PixArt-alpha folder (sketch,
         shading); None → the hub default. ``screentone=False`` (screenstyle only) skips the ScreenStyle
         conversion: the gray page itself is the condition. ``reuse`` shares the image encoder, GSRP
         fusion net and preprocessing nets of another loaded ColorFlow (same device and dtype).
+        ``speed``: `performance.configure` places the big nets (offload by free memory, SDPA, ...).
         """
         if style not in STYLES:
             raise InputError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
         if isinstance(encoder, str) and encoder not in ENCODERS:
             raise InputError(f"unknown encoder {encoder!r}; expected one of {', '.join(ENCODERS)} or an ImageEncoder")
-        dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
+        dev = performance.resolve_device(device)
+        dt = performance.resolve_dtype(dtype, dev)
         if reuse is not None and (reuse.device != dev or reuse.dtype != dt):
             raise InputError(f"cannot reuse networks on {reuse.device}/{reuse.dtype} for a model on {dev}/{dt}")
         needed = _components(style, screentone)
@@ -183,19 +157,28 @@ class ColorFlow:
                                    ) from exc
             raise
 
+        # The big nets load on the CPU; performance.configure then places them (resident or offloaded).
+        pipeline: PageBatchPipeline
         if style in PIXART_STYLES:
-            pipeline = load_pixart_style(root, base, style, dev, dt).pipeline()
+            pipeline = load_pixart_style(root, base, style, "cpu", dt, prompt_device=dev).pipeline()
             fusion_file = paths.style_multires(style)
         else:
-            pipeline = ColorFlowSDPipeline.from_release(root, base, dev, dt, allow_download=allow_download)
+            pipeline = ColorFlowSDPipeline.from_release(root, base, "cpu", dt, allow_download=allow_download)
             fusion_file = paths.graysd_multires
+        big = list(pipeline.networks().values())
 
         if not isinstance(encoder, str):
             image_encoder = encoder
         elif reuse is not None and isinstance(reuse.encoder, CLIPImageEncoder):
-            image_encoder = reuse.encoder
+            image_encoder = reuse.encoder  # placed by the other load
         else:  # CLIP stays fp32 as in the original (retrieval scores are compared across pages)
-            image_encoder = CLIPImageEncoder.from_pretrained(paths.image_encoder, device=dev)
+            image_encoder = CLIPImageEncoder.from_pretrained(paths.image_encoder, device="cpu")
+            image_encoder.identity  # noqa: B018 the pool cache key hashes the weights: now, before offload moves them
+            image_encoder.device = dev
+            big.insert(0, image_encoder.model)
+        # configure places the nets (or hooks them); their holders only build inputs on the device
+        pipeline.device = dev
+        offload = performance.configure(big, dev, pipeline.page_bytes(PLANNING_SIZE.latent), speed)
 
         if reuse is not None and reuse.fusion_file == fusion_file:
             fusion = reuse.upscaler.fusion
@@ -209,7 +192,7 @@ class ColorFlow:
         lines = getattr(reuse, "lines", None) if style in PIXART_STYLES else None
         if style in PIXART_STYLES and lines is None:
             lines = LineExtractor.from_file(paths.line_extractor, dev)
-        return cls(style, pipeline, image_encoder, upscaler, converter, lines, dev, dt, fusion_file)
+        return cls(style, pipeline, image_encoder, upscaler, converter, lines, dev, dt, offload, fusion_file)
 
     # ---- stages ----
 
@@ -233,24 +216,12 @@ class ColorFlow:
         for i, page in enumerate(pages):
             prepared = prepare_page(page, self.style, size, screentone=self.screentone, lines=self.lines,
                                     seed=seed + i, generator_device=generator_device)
-            conditions.append(self._identity_condition(page) if self._identity else prepared.condition)
+            conditions.append(prepared.condition)
             guides.append(prepared.guide)
             if progress is not None:
                 progress(i + 1, len(pages))
         results = retrieve_many(conditions, pool, self.encoder, size, top_k)
         return [PageContext(size, c, g, r, name) for c, g, r, name in zip(conditions, guides, results, names)]
-
-    @property
-    def _identity(self) -> bool:
-        """screenstyle with the conversion turned off: the parity fixtures' identity preprocessing."""
-        return self.style == "screenstyle" and self.screentone is None
-
-    @staticmethod
-    def _identity_condition(page: Image.Image) -> Image.Image:
-        """The gray page itself, NOT first fitted to 1.5W x 1.5H: retrieval fits it to W x H in one
-        resize, as the fixtures do (a 1.5x detour changes the query by up to ~30 levels and with it
-        the retrieved patches). The GSRP guide stays the 1.5x fit."""
-        return normalize_mode(page).convert("L").convert("RGB")
 
     def colorize(self, contexts: Sequence[PageContext], settings: ColorizeSettings = ColorizeSettings(),
                  progress: ProgressFn | None = None, check_interrupt: InterruptFn | None = None) -> list[Image.Image]:
@@ -258,24 +229,41 @@ class ColorFlow:
         settings.validate()
         if len({c.size for c in contexts}) > 1:
             raise InputError("all pages of one colorize call must share one page size")
-        guidance = settings.guidance_scale if settings.guidance_scale is not None else DEFAULT_GUIDANCE[self.style]
+        if not contexts:
+            return []
+        batch = settings.batch_size or self.auto_batch_size(contexts[0].size, len(contexts))
         return self.pipeline([c.retrieval.canvas for c in contexts], [c.retrieval.mask for c in contexts],
-                             steps=settings.steps, guidance_scale=guidance, guider_scale=settings.guider_scale,
-                             seed=settings.seed, generator_device=settings.generator_device,
-                             batch_size=settings.batch_size, progress=progress, check_interrupt=check_interrupt)
+                             steps=settings.steps, guidance_scale=settings.guidance_scale,
+                             guider_scale=settings.guider_scale, seed=settings.seed,
+                             generator_device=settings.generator_device, batch_size=batch, progress=progress,
+                             check_interrupt=check_interrupt)
 
-    def upscale(self, contexts: Sequence[PageContext], canvases: Sequence[Image.Image], seed: int = 0,
-                progress: ProgressFn | None = None, generator_device: str = "cpu") -> list[Image.Image]:
-        """GSRP: the centre of each colorized canvas, 1.5x, guided by the page's guide (seed + i + 5)."""
+    def auto_batch_size(self, size: PageSize, pages: int) -> int:
+        """Pages per diffusion batch at this page size, from free memory less what offloading reserves."""
+        return self.pipeline.auto_batch_size(size.canvas, pages, self.offload.free_bytes())
+
+    def upscale(self, contexts: Sequence[PageContext], colored: Sequence[Image.Image], seed: int = 0,
+                progress: ProgressFn | None = None, check_interrupt: InterruptFn | None = None,
+                generator_device: str = "cpu") -> list[Image.Image]:
+        """GSRP (page i: seed + i + 5): each coloured page at 1.5x, guided by its context's guide.
+
+        ``colored[i]`` is the whole 2W x 2H colorized canvas (its centre is the page) or the W x H page.
+        """
         _check_number("seed", seed, 0, MAX_SEED, integer=True)
-        if len(contexts) != len(canvases):
-            raise InputError(f"{len(canvases)} colorized canvases for {len(contexts)} pages")
-        for ctx, canvas in zip(contexts, canvases):
-            if canvas.size != ctx.size.canvas:
-                raise InputError(f"colorized canvas is {canvas.size}, expected {ctx.size.canvas} for pages of {ctx.size}")
-        self.upscaler.generator_device = torch.device(generator_device)
-        return self.upscaler([centre_crop(c) for c in canvases], [ctx.guide for ctx in contexts], seeds=seed,
-                             progress=progress)
+        if len(contexts) != len(colored):
+            raise InputError(f"{len(colored)} colorized canvases or pages for {len(contexts)} pages")
+        if not contexts:
+            return []
+        pages = []
+        for ctx, image in zip(contexts, colored):
+            if image.size not in (ctx.size.canvas, (ctx.size.width, ctx.size.height)):
+                raise InputError(f"coloured image is {image.size}, expected the canvas {ctx.size.canvas} or the page "
+                                 f"{(ctx.size.width, ctx.size.height)} for pages of {ctx.size}")
+            pages.append(centre_crop(image) if image.size == ctx.size.canvas else image)
+        guides = [ctx.guide for ctx in contexts]
+        return self.upscaler(pages, guides, seeds=seed, progress=progress, check_interrupt=check_interrupt,
+                             batch_size=self.upscaler.auto_batch_size(guides, self.offload.free_bytes()),
+                             generator_device=generator_device)
 
     def run(self, pages: Sequence[Image.Image], pool: ReferencePool, size: PageSize,
             settings: ColorizeSettings = ColorizeSettings(), progress: ProgressFn | None = None,
@@ -295,28 +283,38 @@ class ColorFlow:
         if check_interrupt is not None:
             check_interrupt()
         images = self.upscale(contexts, canvases, seed=settings.seed, progress=offset(n + n * settings.steps),
-                              generator_device=settings.generator_device)
+                              check_interrupt=check_interrupt, generator_device=settings.generator_device)
         return [PageResult(ctx.name, image, canvas, ctx) for ctx, image, canvas in zip(contexts, images, canvases)]
 
-    # ---- memory ----
+    # ---- networks and memory ----
+
+    def networks(self) -> dict[str, nn.Module]:
+        """Every network the engine runs, by name, each once (for ComfyUI's ModelPatcher container)."""
+        nets = dict(self.pipeline.networks())
+        model = getattr(self.encoder, "model", None)
+        if isinstance(model, nn.Module):
+            nets["image_encoder"] = model
+        nets["fusion"] = self.upscaler.fusion
+        for holder in (self.screentone, self.lines):
+            if holder is not None:
+                nets.update(holder.networks())
+        return nets
 
     def to(self, device: str | torch.device) -> "ColorFlow":
-        """Move every network (e.g. ComfyUI offloading to CPU between runs)."""
-        dev = resolve_device(device)
+        """Move every network (e.g. ComfyUI offloading to CPU between runs); offload hooks come off first."""
+        dev = performance.resolve_device(device)
+        self.offload.remove()
+        self.offload = performance.Offload(self.offload.models, "none", dev)
         self.pipeline.to(dev)
         self.encoder.to(dev)
         self.upscaler.fusion.to(dev)
         self.upscaler.device = dev
-        if self.screentone is not None:
-            _move_nets(self.screentone, dev, "generator", "decoder")
-        if self.lines is not None:
-            _move_nets(self.lines, dev, "network")
+        for holder in (self.screentone, self.lines):
+            if holder is not None:
+                holder.to(dev)
         self.device = dev
         return self
 
     def free(self) -> None:
         """Return cached GPU memory between stages (Python garbage first, so freed tensors are released)."""
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
+        performance.release_memory(self.device)

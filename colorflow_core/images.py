@@ -141,7 +141,7 @@ def process_image(img: Image.Image, width: int, height: int) -> Image.Image:
     return img.convert("RGB")
 
 
-def _natural_key(path: Path) -> list[object]:
+def natural_sort_key(path: Path) -> list[object]:
     """Sort key that orders "page2" before "page10" (digit runs compare as numbers)."""
     parts = re.split(r"(\d+)", path.name.lower())
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
@@ -163,7 +163,7 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
         raise InputError(
             f"{folder} holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
         )
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_sort_key)
 
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:

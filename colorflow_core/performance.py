@@ -25,7 +25,7 @@ _DTYPES = {
 }
 # Working memory of one page (both CFG halves through UNet + guider, SDPA attention) per latent
 # pixel and per byte of the compute dtype: a deliberately generous estimate, only used to size
-# batches and to decide whether the models can stay resident.
+# batches and to decide whether the models can stay resident. (PixArt passes its own factor.)
 BYTES_PER_LATENT_PIXEL_PER_DTYPE_BYTE = 48 * 1024
 # On a CPU, batching pages gives no speed, only memory: benchmarks/chapter.py --quick measured ICP
 # 41.7 s batched (4) vs 40.4 s one by one, GSRP 15.8 vs 13.7 s, peak RSS +0.9 GB.
@@ -34,6 +34,9 @@ CPU_MAX_BATCH = 1
 # batch 1; batching only trims per-call overheads. Three pages (~1.1 GB each in fp16 by activation
 # arithmetic) plus ~6.3 GB of resident weights keep the peak under 10 GB; more adds memory, not speed.
 CUDA_MAX_BATCH = 3
+# GSRP at the 1.5x size is memory-bound in the VAE decoder: measured, batch 1 is fastest on a CPU
+# (above) and more than 2 pages per batch gains nothing on CUDA.
+GSRP_CUDA_MAX_BATCH = 2
 MEMORY_BUDGET_FRACTION = 0.7  # of free memory; the rest covers allocator fragmentation and the VAE
 # The repeated transformer blocks of the UNet, the guiders and PixArt: most of the compute at
 # ColorFlow's canvas sizes (attention over 2W/8 x 2H/8 tokens).
@@ -96,16 +99,18 @@ def module_bytes(module: nn.Module, dtype: torch.dtype | None = None) -> int:
     return total
 
 
-def page_working_bytes(latent_hw: tuple[int, int], dtype: torch.dtype) -> int:
-    """Estimated working memory of one page in the UNet + guider CFG batch at this latent size."""
-    h, w = latent_hw
-    return h * w * BYTES_PER_LATENT_PIXEL_PER_DTYPE_BYTE * (torch.finfo(dtype).bits // 8)
+def page_working_bytes(hw: tuple[int, int], dtype: torch.dtype,
+                       bytes_per_pixel: int = BYTES_PER_LATENT_PIXEL_PER_DTYPE_BYTE) -> int:
+    """Estimated working memory of one page of ``hw`` pixels; ``bytes_per_pixel`` per byte of
+    ``dtype`` (default: the UNet + guider CFG batch per latent pixel)."""
+    h, w = hw
+    return h * w * bytes_per_pixel * (torch.finfo(dtype).bits // 8)
 
 
 def choose_batch_size(pages: int, device: str | torch.device, per_page_bytes: int,
-                      free_bytes: int | None = None) -> int:
-    """Pages per UNet batch: up to ``CPU_MAX_BATCH`` on a CPU; on CUDA as many as fit in
-    ``MEMORY_BUDGET_FRACTION`` of the free memory (``free_bytes``, else asked from the driver)."""
+                      free_bytes: int | None = None, cuda_max_batch: int = CUDA_MAX_BATCH) -> int:
+    """Pages per batch: up to ``CPU_MAX_BATCH`` on a CPU; on CUDA up to ``cuda_max_batch``, as many as
+    fit in ``MEMORY_BUDGET_FRACTION`` of the free memory (``free_bytes``, else asked from the driver)."""
     if pages < 0 or per_page_bytes <= 0:
         raise InputError(f"cannot size a batch of {pages} pages at {per_page_bytes} bytes each")
     if pages == 0:
@@ -115,7 +120,7 @@ def choose_batch_size(pages: int, device: str | torch.device, per_page_bytes: in
         return min(pages, CPU_MAX_BATCH)
     free = free_bytes if free_bytes is not None else free_device_memory(device)
     fits = math.floor(MEMORY_BUDGET_FRACTION * max(free, 0) / per_page_bytes)
-    return max(1, min(pages, CUDA_MAX_BATCH, fits))
+    return max(1, min(pages, cuda_max_batch, fits))
 
 
 def choose_offload(free_bytes: int | None, model_bytes: Sequence[int], working_bytes: int,
@@ -178,6 +183,11 @@ class Offload:
         if self.mode != "model":
             return 0
         return max((module_bytes(m) for m in self.models), default=0)
+
+    def free_bytes(self) -> int | None:
+        """Free device memory for batches, less `reserve_bytes`; None for devices without a budget."""
+        free = free_device_memory(self.device)
+        return None if free is None else max(free - self.reserve_bytes(), 0)
 
     def remove(self) -> None:
         """Take the hooks off; the weights end on the CPU (``sequential`` restores them from its map)."""

@@ -14,26 +14,26 @@ Differences from the original, all keeping a page's numbers identical to a batch
 from __future__ import annotations
 
 import logging
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
 from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 from torch import nn
 
+from .batching import PageBatchPipeline, move
 from .errors import InputError, WeightsError
 from .guider_pixart import ColorGuiderPixArtModel
 from .lora import PIXART_LORA_TARGETS, infer_lora_rank, inject_lora, merge_lora
-from .pipeline import NEGATIVE_PROMPT, PROMPT, _randn, _to_pil
+from .pipeline import NEGATIVE_PROMPT, PROMPT
 from .release import PIXART_STYLES
 from .retrieval import latent_mask
+from .seeding import page_generator, seeded_randn
 from .weights import load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,9 @@ PIXART_HUB_REPO = "PixArt-alpha/PixArt-XL-2-1024-MS"
 PROMPT_CACHE_NAME = "prompt_embeds_manga.safetensors"
 LORA_FILE = "transformer_lora.bin"
 MAX_SEQUENCE_LENGTH = 120
-ProgressFn = Callable[[int, int], None]
-
-# Rough activation cost of one page (both CFG halves, transformer + guider) per latent pixel and per
-# byte of the compute dtype; used only to pick a batch size from free CUDA memory.
-_BYTES_PER_LATENT_PIXEL_PER_DTYPE_BYTE = 64 * 1024
-_CPU_MAX_BATCH = 4
-_CUDA_MAX_BATCH = 16
+# Working memory of one page (both CFG halves, transformer + guider) per latent pixel and per byte of
+# the compute dtype (performance.page_working_bytes): more than the UNet's, for the 2x2-patch tokens.
+WORKING_BYTES_PER_LATENT_PIXEL = 64 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,8 +185,12 @@ class PixArtBatch:
     added_cond_kwargs: dict[str, torch.Tensor]
 
 
-class ColorFlowPixArtPipeline:
+class ColorFlowPixArtPipeline(PageBatchPipeline):
     """PixArt-alpha transformer (LoRA already applied) + PixArt ColorGuider + VAE, driven by DPM-Solver++."""
+
+    default_guidance = 4.5
+    scheduler_class = DPMSolverMultistepScheduler
+    bytes_per_latent_pixel = WORKING_BYTES_PER_LATENT_PIXEL
 
     def __init__(self, transformer: PixArtTransformer2DModel, guider: ColorGuiderPixArtModel, vae: AutoencoderKL,
                  scheduler: Any, prompt: PromptEmbeddings, device: torch.device | str = "cpu",
@@ -200,26 +200,14 @@ class ColorFlowPixArtPipeline:
         self.transformer, self.guider, self.vae, self.prompt = transformer, guider, vae, prompt
         self.scheduler_config = dict(scheduler.config)
         self.image_processor = VaeImageProcessor(vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
-        self.device, self.dtype = torch.device(device), dtype
-        self.to(self.device, dtype)
+        self.to(device, dtype)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "ColorFlowPixArtPipeline":
-        """Move (and optionally cast) the nets; the prompt cache is cast per call."""
-        self.device = torch.device(device) if device is not None else self.device
-        self.dtype = dtype or self.dtype
-        for net in (self.transformer, self.guider, self.vae):
-            move(net, self.device, self.dtype)
-        return self
+    def networks(self) -> dict[str, nn.Module]:
+        return {"vae": self.vae, "guider": self.guider, "transformer": self.transformer}  # in the order a page uses them
 
     @property
     def _latent_channels(self) -> int:
         return int(self.transformer.config.in_channels)
-
-    def make_scheduler(self, steps: int) -> DPMSolverMultistepScheduler:
-        """A fresh DPM-Solver (it keeps multistep history) from the base config, timesteps set."""
-        scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
-        return scheduler
 
     def micro_conditions(self, canvas_size: tuple[int, int], batch: int) -> dict[str, torch.Tensor]:
         """`resolution` = (2H, 2W) and `aspect_ratio` = 2H/2W of the canvas, one row per batch entry."""
@@ -230,15 +218,15 @@ class ColorFlowPixArtPipeline:
 
     @torch.no_grad()
     def prepare(self, canvases: Sequence[Image.Image], masks: Sequence[Image.Image], seeds: Sequence[int],
-                cfg: bool, generator_device: str = "cpu") -> PixArtBatch:
+                cfg: bool, generator_device: str = "cpu", init_noise_sigma: float = 1.0) -> PixArtBatch:
         """Initial latents and 9-channel conditioning [image_A (4), mask (1), image_B (4)] (§6 steps 3-4)."""
         latents, cond_u, cond_c = [], [], []
         scale = self.vae.config.scaling_factor
         for canvas, mask, seed in zip(canvases, masks, seeds):
             width, height = canvas.size
-            h, w = height // self.image_processor.config.vae_scale_factor, width // self.image_processor.config.vae_scale_factor
-            latents.append(_randn((1, self._latent_channels, h, w), seed, generator_device))
-            posterior_noise = torch.Generator(generator_device).manual_seed(seed)  # the original's global RNG
+            h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+            latents.append(seeded_randn((1, self._latent_channels, h, w), seed, generator_device) * init_noise_sigma)
+            posterior_noise = page_generator(seed, generator_device)  # the original's global RNG
             halves = []
             for image in split_canvas(canvas.convert("RGB")):
                 pixels = self.image_processor.preprocess(image).to(self.device, self.vae.dtype)
@@ -286,79 +274,6 @@ class ColorFlowPixArtPipeline:
             out = out[:, : self._latent_channels]
         batch.latents = scheduler.step(out, t, batch.latents, return_dict=False)[0]
         return batch.latents
-
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents → float images (B,3,H,W) in [0,1], one page at a time to bound VAE memory."""
-        out = []
-        for z in latents.split(1):
-            x = self.vae.decode(z.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False)[0]
-            out.append((x.float() / 2 + 0.5).clamp(0, 1))
-        return torch.cat(out)
-
-    def __call__(self, canvases: Sequence[Image.Image], masks: Sequence[Image.Image], steps: int = 10,
-                 guidance_scale: float = 4.5, guider_scale: float = 1.0, seed: int = 0,
-                 generator_device: str = "cpu", batch_size: int | None = None,
-                 progress: ProgressFn | None = None, check_interrupt: Callable[[], None] | None = None,
-                 output_type: Literal["pil", "np"] = "pil") -> list[Image.Image] | list[np.ndarray]:
-        """Colorize canvases (2W x 2H, all the same size) whose mask (PIL 'L', 255 = page) marks the
-        region to paint. Page i uses ``seed + i``. ``output_type="np"`` returns float (2H,2W,3) arrays
-        in [0,1] instead of the 8-bit (rounded) images."""
-        _check_call(canvases, masks, steps, self.image_processor.config.vae_scale_factor)
-        n = len(canvases)
-        size = batch_size or self.auto_batch_size(canvases, n)
-        if size < 1:
-            raise InputError(f"batch size must be at least 1, got {size}")
-        cfg = guidance_scale > 1.0
-        results: list[Any] = []
-        done, total = 0, n * steps
-        for start in range(0, n, size):
-            idx = range(start, min(start + size, n))
-            batch = self.prepare([canvases[i] for i in idx], [masks[i] for i in idx],
-                                 [seed + i for i in idx], cfg, generator_device)
-            scheduler = self.make_scheduler(steps)
-            for t in scheduler.timesteps:
-                if check_interrupt is not None:
-                    check_interrupt()
-                self.step(scheduler, t, batch, guidance_scale, guider_scale)
-                done += len(idx)
-                if progress is not None:
-                    progress(done, total)
-            images = self.decode(batch.latents).permute(0, 2, 3, 1).cpu().numpy()
-            results.extend(images if output_type == "np" else [_to_pil(a) for a in images])
-        return results
-
-    def auto_batch_size(self, canvases: Sequence[Image.Image], n: int) -> int:
-        """Pages per transformer batch: all (≤4) on CPU; on CUDA as many as ~70 % of free memory allows."""
-        if n == 0:
-            return 1
-        if self.device.type != "cuda":
-            return min(n, _CPU_MAX_BATCH)
-        free, _ = torch.cuda.mem_get_info(self.device)
-        w, h = canvases[0].size
-        elem = torch.finfo(self.dtype).bits // 8
-        per_page = (w // 8) * (h // 8) * _BYTES_PER_LATENT_PIXEL_PER_DTYPE_BYTE * elem
-        return max(1, min(n, _CUDA_MAX_BATCH, math.floor(0.7 * free / per_page)))
-
-
-def move(net: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
-    """Plain `nn.Module.to`: diffusers' `ModelMixin.to` warns on every dtype cast (even with no
-    float32-only modules), which would repeat on each load and device move."""
-    return nn.Module.to(net, device, dtype)
-
-
-def _check_call(canvases: Sequence[Image.Image], masks: Sequence[Image.Image], steps: int, multiple: int) -> None:
-    if len(canvases) != len(masks):
-        raise InputError(f"{len(canvases)} canvases but {len(masks)} masks")
-    if not isinstance(steps, int) or steps < 1:
-        raise InputError(f"steps must be a positive integer, got {steps!r}")
-    if len({c.size for c in canvases}) > 1:
-        raise InputError(f"all canvases of one call must have the same size, got {sorted({c.size for c in canvases})}")
-    for canvas, mask in zip(canvases, masks):
-        if canvas.size != mask.size:
-            raise InputError(f"canvas {canvas.size} and mask {mask.size} differ in size")
-        if canvas.size[0] % (2 * multiple) or canvas.size[1] % (2 * multiple):
-            raise InputError(f"canvas size {canvas.size} must be a multiple of {2 * multiple} on both sides")
 
 
 def check_guider_fits(guider: ColorGuiderPixArtModel, transformer: PixArtTransformer2DModel) -> None:
@@ -468,10 +383,12 @@ def load_prompt_cache(style_folder: Path, base_folder: Path, save_to: Path,
 
 def load_pixart_style(release_root: str | os.PathLike, base: str | os.PathLike | None, style: str = "sketch",
                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, *,
-                      merge: bool = False) -> PixArtComponents:
+                      merge: bool = False, prompt_device: torch.device | str | None = None) -> PixArtComponents:
     """Load the PixArt base with the style's LoRA, the style's guider, the VAE, scheduler and prompt cache.
 
     ``merge`` folds the LoRA into the base weights (in float32, before casting): same output, faster.
+    ``prompt_device``: where T5 runs if the prompt cache must be made (default ``device``; the engine
+    loads the nets on the CPU for offloading but still wants T5 on the GPU).
     """
     if style not in PIXART_STYLES:
         raise InputError(f"PixArt style must be one of {', '.join(PIXART_STYLES)}, got {style!r}")
@@ -497,7 +414,7 @@ def load_pixart_style(release_root: str | os.PathLike, base: str | os.PathLike |
     vae = _from_pretrained(AutoencoderKL.from_pretrained, base_folder / "vae", torch_dtype=torch.float32)
     scheduler = _from_pretrained(DPMSolverMultistepScheduler.from_pretrained, base_folder / "scheduler")
     prompt = load_prompt_cache(style_folder, base_folder, base_folder if base is not None else style_folder,
-                               transformer, device, dtype)
+                               transformer, torch.device(prompt_device or device), dtype)
     for net in (transformer, guider, vae):
         move(net, device, dtype).eval()
     return PixArtComponents(transformer, guider, vae, scheduler, prompt, device, dtype, landed)

@@ -12,7 +12,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
@@ -254,14 +254,15 @@ class SDBase:
     tokenizer: Any
     scheduler_config: dict = field(default_factory=dict)
 
-    @torch.no_grad()
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
-        """CLIP last hidden states (len(prompts), 77, c), padded to the tokenizer's max length as SD does."""
-        ids = self.tokenizer(
-            prompts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True,
-            return_tensors="pt",
-        ).input_ids
-        return self.text_encoder(ids.to(self.text_encoder.device))[0]
+
+@torch.no_grad()
+def encode_clip_prompts(text_encoder: Any, tokenizer: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """CLIP last hidden states (len(prompts), 77, c), padded to the tokenizer's max length as SD does."""
+    ids = tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids
+    return text_encoder(ids.to(text_encoder.device))[0]
 
 
 def _missing_base_files(folder: Path) -> list[str]:

@@ -5,8 +5,8 @@ decoder. Here the same points are reached with hooks: forward hooks capture the 
 ``encoder.conv_in`` and ``encoder.down_blocks[0..3]``; forward pre-hooks add the fused levels
 4, 3, 2, 1, 0 to the inputs of ``decoder.mid_block`` and ``decoder.up_blocks[0..3]``.
 
-Random draws: page i's posterior noise comes from a fresh ``Generator().manual_seed(seed_i + 5)``
-(docs/ARCHITECTURE.md). The parity fixture's saved sample was drawn from the global RNG after
+Random draws: page i's posterior noise comes from a fresh generator seeded ``seed_i +
+GSRP_SEED_OFFSET`` (5; `seeding`, docs/ARCHITECTURE.md). The parity fixture's saved sample was drawn from the global RNG after
 ``manual_seed(seed + 5)`` *and* after building the fusion network (its default init consumes that
 RNG); that depends on the network's size, so we do not imitate it (tests/test_parity_gsrp.py replays it).
 """
@@ -21,12 +21,15 @@ from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
+from . import performance
 from .errors import InputError, WeightsError
 from .fusion import MultiHiddenResNetModel
 from .images import normalize_mode, pil_to_tensor
+from .seeding import GSRP_SEED_OFFSET, page_generator, page_seeds
 
-# The fixture's convention: page i's posterior sample comes from a generator seeded seed_i + 5.
-POSTERIOR_SEED_OFFSET = 5
+# Working memory of one page per guide pixel and per byte of the dtype (performance.page_working_bytes):
+# the VAE encoder runs on colour and guide, the decoder at full size with the fused levels added.
+WORKING_BYTES_PER_PIXEL = 2 * 1024
 
 
 def centre_crop(canvas: Image.Image) -> Image.Image:
@@ -171,8 +174,8 @@ def to_uint8_image(y: torch.Tensor) -> Image.Image:
 class GuidedUpscaler:
     """Upscales colourised pages to 1.5x with the gray guide's detail (GSRP).
 
-    ``vae`` and ``fusion`` must already live on ``device`` in ``dtype``; inputs are built there.
-    Pages are processed ``batch_size`` at a time; each page's result is independent of the batch.
+    ``vae`` and ``fusion`` must already live on ``device`` in ``dtype`` (or be placed by offload
+    hooks); inputs are built there. Each page's result is independent of the batch.
     """
 
     def __init__(
@@ -181,8 +184,6 @@ class GuidedUpscaler:
         fusion: MultiHiddenResNetModel,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        generator_device: torch.device | str = "cpu",
-        batch_size: int = 4,
     ) -> None:
         expected = vae_feature_channels(vae)
         if tuple(fusion.channels) != expected:
@@ -190,12 +191,8 @@ class GuidedUpscaler:
                 f"MultiResNetModel has level widths {tuple(fusion.channels)} but this VAE's encoder features are "
                 f"{expected}: the fusion weights do not belong to this VAE"
             )
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         self.vae, self.fusion = vae, fusion
         self.device, self.dtype = torch.device(device), dtype
-        self.generator_device = torch.device(generator_device)
-        self.batch_size = batch_size
 
     def __call__(
         self,
@@ -205,29 +202,52 @@ class GuidedUpscaler:
         sample_posterior: bool = True,
         progress: Callable[[int, int], None] | None = None,
         check_interrupt: Callable[[], None] | None = None,
+        batch_size: int | None = None,
+        generator_device: torch.device | str = "cpu",
     ) -> list[Image.Image]:
         """Page i: ``colored[i]`` (the W x H centre crop, see ``centre_crop``) guided by ``guides[i]``
         (1.5W x 1.5H, any mode). ``seeds`` is one seed per page, or an int s meaning s + i for page i;
-        the posterior sample uses a generator seeded ``seed_i + 5``."""
+        the posterior sample uses a generator on ``generator_device`` seeded ``seed_i + 5``.
+        ``batch_size`` None: `auto_batch_size`."""
         if len(colored) != len(guides):
             raise InputError(f"{len(colored)} coloured pages but {len(guides)} guides: give one guide per page")
-        page_seeds = self._page_seeds(seeds, len(colored))
+        seeds = self._page_seeds(seeds, len(colored))
         for i, guide in enumerate(guides):
             check_size(guide.width, guide.height, vae_scale_factor(self.vae), f"guide {i}")
+        if not guides:
+            return []
+        if batch_size is None:
+            batch_size = self.auto_batch_size(guides)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
         results: list[Image.Image] = []
-        for start, stop in self._batches(guides):
+        for start, stop in self._batches(guides, batch_size):
             if check_interrupt is not None:
                 check_interrupt()
-            results.extend(self._upscale(colored[start:stop], guides[start:stop], page_seeds[start:stop], sample_posterior))
+            generators = [page_generator(s + GSRP_SEED_OFFSET, generator_device) for s in seeds[start:stop]] \
+                if sample_posterior else None
+            results.extend(self._upscale(colored[start:stop], guides[start:stop], generators))
             if progress is not None:
                 progress(len(results), len(guides))
         return results
 
-    def _batches(self, guides: Sequence[Image.Image]) -> list[tuple[int, int]]:
+    def page_bytes(self, guide_size: tuple[int, int]) -> int:
+        """Estimated working memory of one page with a guide of ``guide_size`` (W, H)."""
+        return performance.page_working_bytes(guide_size[::-1], self.dtype, WORKING_BYTES_PER_PIXEL)
+
+    def auto_batch_size(self, guides: Sequence[Image.Image], free_bytes: int | None = None) -> int:
+        """Pages per batch for these guides (sized for the largest) from performance.choose_batch_size,
+        with GSRP's own CUDA cap."""
+        largest = max((g.size for g in guides), key=lambda size: size[0] * size[1], default=(0, 0))
+        return performance.choose_batch_size(len(guides), self.device, self.page_bytes(largest), free_bytes,
+                                             performance.GSRP_CUDA_MAX_BATCH)
+
+    @staticmethod
+    def _batches(guides: Sequence[Image.Image], batch_size: int) -> list[tuple[int, int]]:
         """(start, stop) of runs of at most ``batch_size`` consecutive pages that share a guide size."""
         runs: list[list[int]] = []
         for i, guide in enumerate(guides):
-            if runs and guide.size == guides[runs[-1][0]].size and i - runs[-1][0] < self.batch_size:
+            if runs and guide.size == guides[runs[-1][0]].size and i - runs[-1][0] < batch_size:
                 runs[-1][1] = i + 1
             else:
                 runs.append([i, i + 1])
@@ -236,22 +256,17 @@ class GuidedUpscaler:
     @staticmethod
     def _page_seeds(seeds: Sequence[int] | int, count: int) -> list[int]:
         if isinstance(seeds, int):
-            return [seeds + i for i in range(count)]
+            return page_seeds(seeds, count)
         seeds = [int(s) for s in seeds]
         if len(seeds) != count:
             raise InputError(f"{len(seeds)} seeds for {count} pages: give one seed per page or a single int")
         return seeds
 
     def _upscale(
-        self, colored: Sequence[Image.Image], guides: Sequence[Image.Image], seeds: Sequence[int], sample_posterior: bool
+        self, colored: Sequence[Image.Image], guides: Sequence[Image.Image], generators: list[torch.Generator] | None
     ) -> list[Image.Image]:
         color = torch.cat([to_model_input(normalize_mode(c).convert("RGB").resize(g.size), self.device, self.dtype)
                            for c, g in zip(colored, guides)])
         guide = torch.cat([to_model_input(g, self.device, self.dtype) for g in guides])
-        generators = (
-            [torch.Generator(self.generator_device).manual_seed(s + POSTERIOR_SEED_OFFSET) for s in seeds]
-            if sample_posterior
-            else None
-        )
         decoded = guided_decode(self.vae, self.fusion, color, guide, generators=generators)
         return [to_uint8_image(y) for y in decoded.image]

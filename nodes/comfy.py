@@ -80,22 +80,6 @@ def load_device() -> torch.device | None:
     return model_management.get_torch_device() if IN_COMFYUI else None
 
 
-def engine_networks(engine) -> dict[str, torch.nn.Module]:
-    """Every torch module the engine holds, directly or one object deep (pipeline.unet,
-    encoder.model, upscaler.fusion, screentone.decoder, ...), each once: what ComfyUI must count
-    and move. Found by walking attributes so a new network in the core is never missed."""
-    found: dict[str, torch.nn.Module] = {}
-    seen: set[int] = set()
-    for holder_name, holder in vars(engine).items():
-        members = [(holder_name, holder)] if isinstance(holder, torch.nn.Module) else \
-            [(f"{holder_name}.{k}", v) for k, v in vars(holder).items()] if hasattr(holder, "__dict__") else []
-        for name, value in members:
-            if isinstance(value, torch.nn.Module) and id(value) not in seen:
-                seen.add(id(value))
-                found[name.replace(".", "_")] = value
-    return found
-
-
 class ColorFlowNetworks(torch.nn.Module):
     """A container of the engine's networks, so ComfyUI's ModelPatcher sees (and moves) all of them."""
 
@@ -120,7 +104,7 @@ class ManagedModel:
         self.patcher = None
         if IN_COMFYUI:
             self.patcher = model_patcher.ModelPatcher(
-                ColorFlowNetworks(engine_networks(engine)),
+                ColorFlowNetworks(engine.networks()),
                 load_device=model_management.get_torch_device(),
                 offload_device=model_management.unet_offload_device(),
             )

@@ -32,7 +32,9 @@ from PIL import Image
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.guider import ColorGuiderSDModel, GuiderResiduals
 from colorflow_core.lora_convert import unet_lora_to_kohya
+from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
 from colorflow_core.retrieval import latent_mask
+from colorflow_core.seeding import page_seeds, seeded_randn
 from colorflow_core.weights import load_state_dict_file
 
 from . import comfy as comfy_env
@@ -51,7 +53,6 @@ try:  # inside a running ComfyUI (or with $COMFYUI_DIR on sys.path)
 except ImportError:
     comfy_lora = None
 
-PROMPT, NEGATIVE_PROMPT = "manga", ""
 GUIDER_FOLDER, LORA_FILE = "GraySD", "unet_lora.bin"
 _UNCOND_INDEX = 1  # index of the negative prompt in comfy.samplers.sampling_function's conds list
 PATCH_KEY = "colorflow"  # key of our wrapper, our additional model and the per-call feed
@@ -160,7 +161,7 @@ def conditioning_latents(vae: Any, canvases: Sequence[Image.Image], masks: Seque
         mean, logvar = moments.chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
         h, w = mean.shape[-2:]
-        noise = torch.randn((2, 4, h, w), generator=torch.Generator().manual_seed(seed))
+        noise = seeded_randn((2, 4, h, w), seed)
         sample = (mean + std * noise) * scale_factor
         m = latent_mask(mask, (h, w)).expand(2, 1, h, w)
         out.append(torch.cat([sample, m], dim=1))
@@ -414,11 +415,15 @@ class ColorFlowApply:
             "clip": ("CLIP", {"tooltip": "Encodes the ColorFlow prompts 'manga' / ''."}),
             "vae": ("VAE", {"tooltip": "The SD1.5 VAE: encodes the canvases for the guider."}),
             "context": (CONTEXT_TYPE, {"tooltip": "From ColorFlow Retrieve References."}),
-            "colorflow_release": (NATIVE_RELEASE_TYPE,),
-            "guider_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05}),
-            "lora_strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05}),
-            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
-            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+            "colorflow_release": (NATIVE_RELEASE_TYPE, {"tooltip": "From ColorFlow Load Guider + LoRA (native)."}),
+            "guider_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                                          "tooltip": "Scale of the ColorGuider residuals (1 = the original)."}),
+            "lora_strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05,
+                                        "tooltip": "Strength of the ColorFlow UNet LoRA (1 = the original)."}),
+            "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                        "tooltip": "The guider acts from this point of the schedule on."}),
+            "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
+                                      "tooltip": "The guider acts up to this point of the schedule."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                              "tooltip": "Page i's conditioning posterior sample uses seed + i."}),
         }}
@@ -446,7 +451,7 @@ class ColorFlowApply:
                 raise InputError(f"page {p.name!r}: mask {p.retrieval.mask.size} and canvas {p.retrieval.canvas.size} differ")
         scale = model.get_model_object("latent_format").scale_factor
         cond = conditioning_latents(vae, [p.retrieval.canvas for p in pages], [p.retrieval.mask for p in pages],
-                                    [seed + i for i in range(len(pages))], scale)
+                                    page_seeds(seed, len(pages)), scale)
         patched = patch_model(model, colorflow_release.guider, cond, strength=guider_strength,
                               kohya_lora=colorflow_release.lora, lora_strength=lora_strength,
                               start_percent=start_percent, end_percent=end_percent)

@@ -1,6 +1,8 @@
 """Guided Upscale: GSRP, the coloured pages brought to 1.5x with the original pages' detail."""
 from __future__ import annotations
 
+from PIL import Image
+
 from colorflow_core.errors import InputError
 from colorflow_core.images import check_page
 
@@ -30,8 +32,8 @@ class GuidedUpscale:
             "required": {
                 "model": ("COLORFLOW_MODEL", {"tooltip": "From Load ColorFlow Model."}),
                 "colored": ("IMAGE", {"tooltip": "The coloured pages (In-Context Colorize's colored output, or "
-                                                 "edited versions of it), one per context page, in order. Any "
-                                                 "size is resized to the guide; whole canvases are centre-cropped."}),
+                                                 "edited versions of it), one per context page, in order. Whole "
+                                                 "canvases are centre-cropped; other sizes are resized to the page size."}),
                 "context": ("COLORFLOW_CONTEXT", {"tooltip": "From Retrieve References: holds the original "
                                                              "pages the upscale is guided by."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
@@ -46,19 +48,14 @@ class GuidedUpscale:
                 f"Guided Upscale: {len(pages)} coloured pages but the context holds {len(context)} original pages; "
                 f"connect the colored output of the In-Context Colorize that used this context"
             )
-        from colorflow_core.upscale import centre_crop
-
         for i, (page, ctx) in enumerate(zip(pages, context.pages)):
             check_page(page, f"Guided Upscale: coloured page {i + 1}")
-            if page.size == ctx.size.canvas:  # a whole canvas was connected: its centre is the page
-                pages[i] = centre_crop(page)
+            if page.size not in (ctx.size.canvas, (ctx.size.width, ctx.size.height)):  # an edited page
+                pages[i] = page.resize((ctx.size.width, ctx.size.height), Image.Resampling.BICUBIC)
         try:
             engine = model.use()
-            # The engine's upscaler directly: it takes W x H pages (engine.upscale wants whole canvases)
-            # and checks for interruption between batches.
-            results = engine.upscaler(pages, [ctx.guide for ctx in context.pages], seeds=seed,
-                                      progress=comfy.progress_callback(len(pages)),
-                                      check_interrupt=comfy.check_interrupt)
+            results = engine.upscale(context.pages, pages, seed=seed, progress=comfy.progress_callback(len(pages)),
+                                     check_interrupt=comfy.check_interrupt)
         finally:
             model.done()
         return (tensor_from_images(results),)

@@ -3,14 +3,13 @@
 - an SD1.5 checkpoint ComfyUI detects as SD15 (UNet: model_channels 320, two levels instead of
   four; the SD VAE and CLIP-L text encoder at their real shapes, which ComfyUI's loaders fix);
 - a kohya-style style LoRA and an ldm-format ControlNet for that UNet;
-- a ColorFlow release folder holding only ``GraySD/`` (a ColorGuider of the same two-level shape and a
-  ColorFlow UNet LoRA in the release's peft key form).
+- a ColorFlow release folder holding only ``GraySD/`` (`synthetic.sd.write_graysd` for that UNet: a
+  ColorGuider of the same two-level shape and a ColorFlow UNet LoRA in the release's peft key form).
 Needs ComfyUI importable (see native_support.comfy_or_skip): its own key maps and ControlNet class
 build the ldm-format files.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -18,15 +17,12 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from colorflow_core.guider import ColorGuiderSDModel
-from colorflow_core.lora import SD_UNET_LORA_TARGETS, add_lora_adapter
+from colorflow_core.synthetic.sd import write_graysd
 from tests.native_support import fill_random
 
 DIFFUSERS_UNET = dict(block_out_channels=(320, 320), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), layers_per_block=2,
                       cross_attention_dim=768, attention_head_dim=8, sample_size=16)
-GUIDER = dict(block_out_channels=(320, 320), down_block_types=("SelfAttnDownBlock2D", "DownBlock2D"),
-              up_block_types=("UpBlock2D", "SelfAttnUpBlock2D"), layers_per_block=2, attention_head_dim=8)
 # The same UNet in the terms of ComfyUI's diffusers → ldm key map (comfy.utils.unet_to_diffusers).
 COMFY_KEYS_CONFIG = {"num_res_blocks": [2, 2], "channel_mult": [1, 1], "transformer_depth": [1, 1, 0, 0],
                      "transformer_depth_output": [1, 1, 1, 0, 0, 0], "transformer_depth_middle": 1}
@@ -81,13 +77,6 @@ def _style_lora(unet: UNet2DConditionModel, seed: int) -> dict[str, torch.Tensor
     return out
 
 
-def _colorflow_lora(unet: UNet2DConditionModel, seed: int) -> dict[str, torch.Tensor]:
-    """The release's UNet LoRA form: `<module>.lora_A.default.weight` / `lora_B`, on the release's targets."""
-    add_lora_adapter(unet, rank=LORA_RANK, alpha=LORA_RANK, target_modules=SD_UNET_LORA_TARGETS)
-    g = torch.Generator().manual_seed(seed)
-    return {k: torch.randn(v.shape, generator=g) * 0.05 for k, v in unet.state_dict().items() if ".lora_" in k}
-
-
 def write_native_files(models: Path, release_name: str = "native_tiny") -> dict[str, str]:
     """Write every file under ``models`` (a ComfyUI models/ folder); returns the names to pick in the nodes."""
     unet = fill_random(_meta(UNet2DConditionModel, **DIFFUSERS_UNET), seed=11)
@@ -105,11 +94,6 @@ def write_native_files(models: Path, release_name: str = "native_tiny") -> dict[
         (models / folder).mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in state.items()}, str(models / folder / name))
 
-    gray = models / "colorflow" / release_name / "GraySD"
-    gray.mkdir(parents=True, exist_ok=True)
-    guider = fill_random(_meta(ColorGuiderSDModel, **GUIDER), seed=16)
-    config = {"_class_name": "ColorGuiderSDModel", **guider.config}
-    (gray / "config.json").write_text(json.dumps(config, default=list))
-    torch.save(guider.state_dict(), gray / "diffusion_pytorch_model.bin")
-    torch.save(_colorflow_lora(unet, seed=17), gray / "unet_lora.bin")
+    # the release's guider and UNet LoRA, mirroring this UNet (`from_unet`, the release's LoRA key form)
+    write_graysd(models / "colorflow" / release_name, DIFFUSERS_UNET, seed=16, lora_rank=LORA_RANK)
     return names

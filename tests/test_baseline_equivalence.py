@@ -13,10 +13,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the benchmarks/ package
 
-from benchmarks.flows import PromptEncoder, StageTimer, configure_ours, run_baseline, run_ours  # noqa: E402
+from benchmarks.flows import PromptEncoder, StageTimer, run_baseline, run_ours  # noqa: E402
 from benchmarks.inputs import synthetic_chapter  # noqa: E402
 from benchmarks.synthetic_release import write_release  # noqa: E402
-from colorflow_core import performance  # noqa: E402
 from colorflow_core.engine import ColorFlow, ColorizeSettings  # noqa: E402
 from colorflow_core.sizes import PageSize  # noqa: E402
 
@@ -40,7 +39,8 @@ def _mean_diff(a, b) -> float:
 @pytest.fixture(scope="module")
 def flows(tmp_path_factory):
     root = write_release(tmp_path_factory.mktemp("release"), "tiny", lora_rank=4)
-    # screentone off: that preprocessing runs per page identically in both flows and dominates a tiny run
+    # screentone off: that preprocessing runs per page identically in both flows and dominates a tiny run;
+    # the default speed options (what the product uses) are applied by the load, for both flows
     flow = ColorFlow.load("screenstyle", root, root / "base", device="cpu", screentone=False)
     pages, references = synthetic_chapter(PAGES, REFERENCES, SIZE, seed=3)
     calls = {"embed": 0}
@@ -56,7 +56,6 @@ def flows(tmp_path_factory):
     baseline = run_baseline(flow, PromptEncoder(root / "base", device, torch.float32), pages, references, SIZE,
                             SETTINGS, StageTimer(device))
     baseline_calls, calls["embed"] = calls["embed"], 0
-    configure_ours(flow, SIZE, performance.SpeedOptions())
     cache = tmp_path_factory.mktemp("pool-cache")
     # all pages in one UNet batch, whatever a CPU would choose by default
     ours = run_ours(flow, pages, references, SIZE, replace(SETTINGS, batch_size=PAGES), StageTimer(device), cache)

@@ -10,21 +10,21 @@ import pytest
 from PIL import Image
 
 from colorflow_core import cli
+from colorflow_core.encoders import CLIPImageEncoder
 from colorflow_core.engine import ColorFlow
-from colorflow_core.synthetic.fusion import write_multiresnet
-from colorflow_core.synthetic.sd import model_config, write_sd_release
+from colorflow_core.errors import InputError
+from colorflow_core.performance import SpeedOptions
+from colorflow_core.retrieval import PATCHES_PER_REFERENCE, QUERY_PATCH_KINDS
+from colorflow_core.synthetic import write_release
 from conftest import REPO_ROOT
 
 PAGE_NAMES = ["p1.png", "p2.png", "p10.png"]
+REFERENCES = 2
 
 
 @pytest.fixture(scope="module")
 def release(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("release")
-    write_sd_release(root, "tiny")
-    vae_channels = model_config("vae", "tiny")["block_out_channels"]
-    write_multiresnet(root / "GraySD", (vae_channels[0], *vae_channels))
-    return root
+    return write_release(tmp_path_factory.mktemp("release"))
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def inputs(tmp_path_factory) -> tuple[Path, Path]:
     for k, name in enumerate(PAGE_NAMES):  # distinct gray pages (odd sizes: they get fitted)
         Image.fromarray(rng.integers(0, 256, (70 + k, 60), dtype=np.uint8)).save(pages / name)
     (pages / "notes.txt").write_text("not a page")
-    for k in range(2):
+    for k in range(REFERENCES):
         Image.fromarray(rng.integers(0, 256, (50, 40, 3), dtype=np.uint8)).save(refs / f"ref{k}.png")
     return pages, refs
 
@@ -61,18 +61,21 @@ def test_pages_are_collected_in_natural_order_and_non_images_skipped(inputs, cap
     assert cli.collect_pages([str(pages / "p10.png"), str(pages / "p2.png"), str(pages / "p1.png")]) == found
 
 
-def test_colorize_writes_pages_and_sheets_then_resumes(release, inputs, tmp_path, capsys) -> None:
+def test_colorize_writes_pages_and_sheets_then_resumes(release, inputs, tmp_path, capsys, monkeypatch) -> None:
     pages, refs = inputs
     out = tmp_path / "out"
+    embedded = _count_embedded_images(monkeypatch)
     assert cli.main(_args(release, pages, refs, out)) == 0
     err = capsys.readouterr().err
-    assert "notes.txt" in err
+    assert "notes.txt" in err and "done: 3 page(s) written, 0 skipped" in err
     for name in PAGE_NAMES:
         stem = Path(name).stem
         page, sheet = out / f"{stem}.png", out / "sheets" / f"{stem}_canvas.png"
         assert Image.open(page).size == (96, 96)  # 1.5 x 64
         assert Image.open(sheet).size == (128, 128)  # the 2W x 2H retrieval canvas
     assert not list(out.rglob("*.tmp"))
+    assert list((out / cli.POOL_CACHE_DIR).glob("*.safetensors"))
+    assert sum(embedded) == REFERENCES * PATCHES_PER_REFERENCE + len(PAGE_NAMES) * len(QUERY_PATCH_KINDS)
     first = {name: _pixels(out / f"{Path(name).stem}.png") for name in PAGE_NAMES}
     assert np.abs(first["p1.png"] - first["p2.png"]).max() > 0
 
@@ -80,14 +83,85 @@ def test_colorize_writes_pages_and_sheets_then_resumes(release, inputs, tmp_path
     assert cli.main(_args(tmp_path / "no-such-release", pages, refs, out)) == 0
     assert "3 of 3 pages already done" in capsys.readouterr().err
 
-    # a lost page is redone with its chapter seed (seed + its index), identical to the first run
+    # a lost page is redone with its chapter seed (seed + its index), identical to the first run, and
+    # the references come from the pool cache: only the page's own patches are embedded
     (out / "p2.png").unlink()
     mtime = (out / "p10.png").stat().st_mtime_ns
+    embedded.clear()
     assert cli.main(_args(release, pages, refs, out)) == 0
+    assert "done: 1 page(s) written, 2 skipped" in capsys.readouterr().err
+    assert sum(embedded) == len(QUERY_PATCH_KINDS)
     # (alone instead of in a batch of 3: float noise ≤ 1e-4 may flip an 8-bit rounding here and there)
     diff = np.abs(_pixels(out / "p2.png") - first["p2.png"])
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01
     assert (out / "p10.png").stat().st_mtime_ns == mtime
+
+
+def _count_embedded_images(monkeypatch) -> list[int]:
+    """Number of images of each image-encoder call (references: 5 patches each, pages: 4)."""
+    counts: list[int] = []
+    real = CLIPImageEncoder.embed
+
+    def counting(self, images):
+        counts.append(len(images))
+        return real(self, images)
+
+    monkeypatch.setattr(CLIPImageEncoder, "embed", counting)
+    return counts
+
+
+def test_options_reach_the_engine(release, inputs, tmp_path, capsys, monkeypatch) -> None:
+    pages, refs = inputs
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    seen: dict[str, object] = {}
+    real_load, real_prepare, real_colorize = ColorFlow.load, ColorFlow.prepare, ColorFlow.colorize
+
+    def load(*args, **kwargs):
+        seen["load"] = kwargs
+        return real_load(*args, **kwargs)
+
+    def prepare(self, *args, **kwargs):
+        contexts = real_prepare(self, *args, **kwargs)
+        seen.setdefault("top_k", []).extend(ctx.retrieval.top_k_indices.shape[1] for ctx in contexts)
+        return contexts
+
+    def colorize(self, contexts, settings, **kwargs):
+        seen.setdefault("colorize", []).append(settings)
+        return real_colorize(self, contexts, settings, **kwargs)
+
+    monkeypatch.setattr(ColorFlow, "load", load)
+    monkeypatch.setattr(ColorFlow, "prepare", prepare)
+    monkeypatch.setattr(ColorFlow, "colorize", colorize)
+    extra = ["--guidance", "3", "--guider-scale", "0.5", "--top-k", "1", "--seed", "5", "--offload", "none",
+             "--no-sheets", "--pool-cache", str(cache), "--batch-size", "2"]
+    assert cli.main(_args(release, pages, refs, out, *extra)) == 0
+    assert seen["load"]["speed"] == SpeedOptions(offload="none", compile=False)
+    assert [s.seed for s in seen["colorize"]] == [5, 7]  # runs of 2 pages: pages 0-1, then page 2
+    for settings in seen["colorize"]:
+        assert (settings.guidance_scale, settings.guider_scale, settings.top_k, settings.batch_size) == (3, 0.5, 1, 2)
+    assert seen["top_k"] == [1, 1, 1]  # one reference patch retrieved per page patch
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(PAGE_NAMES)
+    assert not (out / "sheets").exists() and not (out / cli.POOL_CACHE_DIR).exists()
+    assert list(cache.glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("extra, speed", [
+    ([], SpeedOptions()),
+    (["--compile", "--offload", "none"], SpeedOptions(offload="none", compile=True)),
+    (["--offload", "sequential"], SpeedOptions(offload="sequential")),
+])
+def test_speed_options(extra, speed, release, inputs, tmp_path, capsys, monkeypatch) -> None:
+    pages, refs = inputs
+    seen = {}
+
+    def load(*args, **kwargs):
+        seen.update(kwargs)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(ColorFlow, "load", load)
+    assert cli.main(_args(release, pages, refs, tmp_path / "out", *extra)) == cli.EXIT_ERROR
+    assert seen["speed"] == speed
+    assert "error: stop here" in capsys.readouterr().err
 
 
 def test_interrupt_keeps_finished_pages(release, inputs, tmp_path, capsys, monkeypatch) -> None:
@@ -117,6 +191,9 @@ def test_interrupt_keeps_finished_pages(release, inputs, tmp_path, capsys, monke
     ("missing_models", "release files missing"),
     ("bad_size", "size"),
     ("bad_steps", "steps"),
+    ("bad_guidance", "guidance_scale"),
+    ("bad_guider_scale", "guider_scale"),
+    ("bad_top_k", "top_k"),
 ])
 def test_errors_are_one_line_and_exit_2(problem, expected, release, inputs, tmp_path, capsys) -> None:
     pages, refs = inputs
@@ -139,6 +216,12 @@ def test_errors_are_one_line_and_exit_2(problem, expected, release, inputs, tmp_
         extra = ["--size", "100x100"]
     elif problem == "bad_steps":
         extra = ["--steps", "0"]
+    elif problem == "bad_guidance":
+        extra = ["--guidance", "nan"]
+    elif problem == "bad_guider_scale":
+        extra = ["--guider-scale", "-1"]
+    elif problem == "bad_top_k":
+        extra = ["--top-k", "4"]
     assert cli.main(_args(models, pages, refs, out, *extra)) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert expected in err and "Traceback" not in err
@@ -166,3 +249,14 @@ def test_module_entry_point_exits_2_without_traceback(tmp_path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_every_option_has_help_and_shows_its_default() -> None:
+    parser = cli.build_parser()
+    colorize = next(a for a in parser._subparsers._group_actions[0].choices.values())
+    for action in colorize._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help text"
+    help_text = " ".join(colorize.format_help().split())
+    for phrase in ("denoising steps (1-200, default 10)", "uses seed + i", "default 7.5 for screenstyle, 4.5",
+                   "(1-3, default 3)", "default OUT/.colorflow/pool_cache"):
+        assert phrase in help_text

@@ -46,7 +46,7 @@ TINY = {  # what turns the shipped manga workflow into a seconds-long CPU run on
 
 if not COMFYUI_DIR:
     pytest.skip("COMFYUI_DIR is not set: point it to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter) "
-                "to run the real-ComfyUI test; see "Testing with a real ComfyUI" in README.md", allow_module_level=True)
+                "to run the real-ComfyUI test; see 'Testing with a real ComfyUI' in README.md", allow_module_level=True)
 
 
 def _free_port() -> int:

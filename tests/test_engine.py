@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from colorflow_core.engine import ColorFlow, ColorizeSettings, PageResult, resolve_device, resolve_dtype
+from colorflow_core.engine import ColorFlow, ColorizeSettings, PageResult
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.images import list_image_files, load_image
 from colorflow_core.sizes import PageSize
-from colorflow_core.upscale import POSTERIOR_SEED_OFFSET, centre_crop, guided_decode, to_model_input, to_uint8_image
+from colorflow_core.seeding import GSRP_SEED_OFFSET
+from colorflow_core.upscale import centre_crop, guided_decode, to_model_input, to_uint8_image
 from conftest import parity_params
 
 # ---- settings ----------------------------------------------------------------------------------
@@ -39,20 +40,15 @@ def test_default_and_edge_settings_are_accepted() -> None:
     ColorizeSettings(steps=200, guidance_scale=30, guider_scale=5, top_k=3, seed=2**63 - 1).validate()
 
 
-def test_dtype_and_device_resolution() -> None:
-    cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
-    assert resolve_dtype("bf16", cpu) == torch.bfloat16
-    assert resolve_dtype(torch.float16, cpu) == torch.float16
+def test_device_and_dtype_are_checked_before_anything_loads(tmp_path: Path) -> None:
+    """performance.resolve_device / resolve_dtype decide (tests/test_performance.py has their rules);
+    a bad choice is an InputError even when the release folder is empty."""
     with pytest.raises(InputError, match="dtype"):
-        resolve_dtype("fp8", cpu)
-    assert resolve_device("cpu") == cpu
+        ColorFlow.load("screenstyle", tmp_path, device="cpu", dtype="fp8")
+    with pytest.raises(InputError, match="float16"):  # fp16 on the CPU is refused, not run slowly
+        ColorFlow.load("screenstyle", tmp_path, device="cpu", dtype="fp16")
     with pytest.raises(InputError, match="device"):
-        resolve_device("tpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA"):
-            resolve_device("cuda")
+        ColorFlow.load("screenstyle", tmp_path, device="tpu")
 
 
 # ---- loading errors ----------------------------------------------------------------------------
@@ -129,12 +125,16 @@ def test_engine_reproduces_the_original_end_to_end(loaded) -> None:
     with torch.no_grad():
         mean_run = guided_decode(engine.upscaler.vae, engine.upscaler.fusion, color, guide)
         posterior = engine.upscaler.vae.encode(color).latent_dist
-    eps = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(meta["seed"] + POSTERIOR_SEED_OFFSET))
+    eps = torch.randn(posterior.mean.shape, generator=torch.Generator().manual_seed(meta["seed"] + GSRP_SEED_OFFSET))
     with torch.no_grad():
         sampled = guided_decode(engine.upscaler.vae, engine.upscaler.fusion, color, guide,
                                 latent=posterior.mean + posterior.std * eps)
     assert _levels(result, to_uint8_image(sampled.image[0])).max() <= 1
     assert _levels(result, to_uint8_image(mean_run.image[0])).max() > 0  # the sample, not the mean
+
+    # the W x H page itself gives what its whole canvas gives
+    [from_page] = engine.upscale([ctx], [centre_crop(canvas)], seed=meta["seed"])
+    assert _levels(from_page, result).max() == 0
 
     # run() chains the same stages with the same seeds
     [full] = engine.run([page], pool, size, settings, names=["page"])
@@ -176,10 +176,46 @@ def test_stage_inputs_are_checked(loaded) -> None:
 
 def test_to_and_free_keep_the_engine_usable(loaded) -> None:
     _, _, engine, _, _ = loaded
+    assert engine.offload.mode == "none"  # a CPU has no memory budget: everything stays resident
     assert engine.to("cpu") is engine
     engine.free()
-    assert engine.device == torch.device("cpu")
+    assert engine.device == torch.device("cpu") and engine.offload.mode == "none"
     assert next(engine.pipeline.unet.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("mode", ["model", "sequential"])
+def test_offloaded_engine_gives_the_same_pages(loaded, mode: str) -> None:
+    """Offload hooks (forced here; a CPU never needs them) change placement only: same pool identity,
+    canvases and pages as the resident engine; `to()` takes the hooks off."""
+    from colorflow_core import performance
+
+    case, meta, engine, size, pool = loaded
+    page = load_image(case / "inputs" / "page.png")
+    settings = ColorizeSettings(steps=1, seed=meta["seed"])
+    [want] = engine.run([page], pool, size, settings)
+    other = ColorFlow.load("screenstyle", case / "weights", case / "weights" / "base", device="cpu",
+                           screentone=False, speed=performance.SpeedOptions(offload=mode))
+    assert other.offload.mode == mode and other.encoder.identity == engine.encoder.identity
+    refs = [load_image(p) for p in list_image_files(case / "inputs") if p.name.startswith("ref")]
+    other_pool = other.reference_pool(refs, size)  # the image encoder runs under the hooks too
+    assert torch.equal(other_pool.embeddings, pool.embeddings)
+    [got] = other.run([page], other_pool, size, settings)
+    assert _levels(got.canvas, want.canvas).max() == 0 and _levels(got.image, want.image).max() == 0
+    other.to("cpu")
+    assert other.offload.mode == "none"
+    assert all(p.device.type == "cpu" for net in other.networks().values() for p in net.parameters())
+
+
+def test_networks_are_every_net_once_and_no_text_encoder(loaded) -> None:
+    from transformers import CLIPTextModel
+
+    _, _, engine, _, _ = loaded
+    nets = engine.networks()
+    assert nets["unet"] is engine.pipeline.unet and nets["vae"] is engine.upscaler.vae
+    assert nets["image_encoder"] is engine.encoder.model and nets["fusion"] is engine.upscaler.fusion
+    assert len({id(n) for n in nets.values()}) == len(nets)
+    assert not any(isinstance(m, CLIPTextModel) for net in nets.values() for m in net.modules())
+    assert not any(isinstance(v, CLIPTextModel) for v in vars(engine.pipeline).values())
 
 
 # ---- the PixArt styles ---------------------------------------------------------------------------
@@ -223,6 +259,8 @@ def test_pixart_style_runs_end_to_end_and_shares_networks(pixart_release) -> Non
     assert _levels(canvas, direct).max() == 0
     [image] = engine.upscale([ctx], [canvas])
     assert image.size == size.guide
+
+    assert set(engine.networks()) == {"vae", "guider", "transformer", "image_encoder", "fusion", "line_extractor"}
 
     other = ColorFlow.load("shading", root, root / "base", device="cpu", reuse=engine)
     assert other.encoder is engine.encoder and other.lines is engine.lines

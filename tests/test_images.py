@@ -1,6 +1,8 @@
 """Image loading, mode normalisation, page fitting (§3.1), folders and tensor conversion."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from colorflow_core.images import (
     check_page,
     list_image_files,
     load_image,
+    natural_sort_key,
     normalize_mode,
     pil_to_tensor,
     process_image,
@@ -205,6 +208,12 @@ def test_list_image_files_natural_order_skips_others(tmp_path):
     (tmp_path / "sub.png").mkdir()
     names = [p.name for p in list_image_files(tmp_path)]
     assert names == ["cover.jpeg", "page1.webp", "page2.jpg", "Page3.PNG", "page10.png"]
+
+
+def test_natural_sort_key_compares_digit_runs_as_numbers():
+    names = ["ch2_p10.png", "ch10_p1.png", "ch2_p9.png", "CH2_P1.png", "ch2_p01b.png"]
+    ordered = sorted((Path(n) for n in names), key=natural_sort_key)
+    assert [p.name for p in ordered] == ["CH2_P1.png", "ch2_p01b.png", "ch2_p9.png", "ch2_p10.png", "ch10_p1.png"]
 
 
 def test_list_image_files_without_images(tmp_path):

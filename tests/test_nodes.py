@@ -182,7 +182,7 @@ def test_stages_end_to_end(model, pool):
 def test_every_network_is_handed_to_comfyui(model):
     """The ModelPatcher container must hold (and so move) every network the engine runs."""
     engine = model.engine
-    container = comfy_glue.ColorFlowNetworks(comfy_glue.engine_networks(engine))
+    container = comfy_glue.ColorFlowNetworks(engine.networks())
     held = {id(p) for p in container.parameters()}
     for net in (engine.pipeline.unet, engine.pipeline.guider, engine.pipeline.vae, engine.encoder.model,
                 engine.upscaler.fusion):

@@ -11,8 +11,8 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from colorflow_core.fusion import MultiHiddenResNetModel
+from colorflow_core.seeding import GSRP_SEED_OFFSET
 from colorflow_core.upscale import (
-    POSTERIOR_SEED_OFFSET,
     GuidedUpscaler,
     centre_crop,
     encode_with_features,
@@ -97,7 +97,7 @@ def test_fixture_sample_came_after_the_fusion_init(case):
     Replaying exactly that reproduces the saved sample; it also shows our module creation order is
     the original's. Our own convention is a fresh ``Generator().manual_seed(seed + i + 5)``."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(case.meta["seed"] + POSTERIOR_SEED_OFFSET)
+        torch.manual_seed(case.meta["seed"] + GSRP_SEED_OFFSET)
         MultiHiddenResNetModel(case.fusion.channels)
         generator = torch.Generator().set_state(torch.get_rng_state())
     with torch.no_grad():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from colorflow_core.injection import inject_guider_residuals
-from colorflow_core.release import ReleasePaths, load_graysd, load_sd_base
+from colorflow_core.release import ReleasePaths, encode_clip_prompts, load_graysd, load_sd_base
 from conftest import parity_params
 
 TOL = 1e-4
@@ -32,7 +32,7 @@ def test_one_guided_step(case, merge):
     x2, cond2 = torch.cat([x, x]), torch.cat([cond, cond])  # the CFG batch: negative first
 
     base = load_sd_base(weights / "base")
-    embeds = base.encode_prompt(["", "manga"])
+    embeds = encode_clip_prompts(base.text_encoder, base.tokenizer, ["", "manga"])
     close(embeds, np.load(expected / "step_prompt_embeds.npy"), "prompt embeddings")
     with torch.no_grad():
         close(base.unet(x2, timestep, embeds).sample, np.load(expected / "upstream_unet_plain.npy"), "plain UNet")

@@ -57,9 +57,11 @@ def test_style_names():
 
 
 def test_screenstyle_without_converter_is_the_gray_page(page, q15_gray):
+    """Identity: the condition is the gray page as given (retrieval fits it once, as the fixtures do);
+    the guide is its 1.5W x 1.5H fit."""
     prepared = prepare_page(page, "screenstyle", SIZE, screentone=None, lines=None)
-    assert prepared.condition is prepared.guide
-    assert _equal(prepared.condition, q15_gray.convert("RGB"))
+    assert _equal(prepared.condition, page.convert("L").convert("RGB"))
+    assert _equal(prepared.guide, q15_gray.convert("RGB"))
 
 
 def test_screenstyle_with_converter(page, converter):
@@ -108,5 +110,7 @@ def test_identity_preprocessing_gives_the_sd_guide(case):
     """sd_tiny: screenstyle without conversion = the page as gray RGB at 1.5W x 1.5H (its GSRP guide)."""
     meta = json.loads((case / "case.json").read_text())
     size = PageSize(meta["target_width"], meta["target_height"])
-    prepared = prepare_page(Image.open(case / "inputs" / "page.png"), "screenstyle", size, screentone=None, lines=None)
+    page = Image.open(case / "inputs" / "page.png")
+    prepared = prepare_page(page, "screenstyle", size, screentone=None, lines=None)
     assert _equal(prepared.guide, Image.open(case / "expected" / "query_image_vae.png").convert("RGB"))
+    assert _equal(prepared.condition, page.convert("L").convert("RGB"))  # the fixture's unfitted query

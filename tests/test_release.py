@@ -17,6 +17,7 @@ from colorflow_core.release import (
     RELEASE_REPO,
     ReleasePaths,
     download_patterns,
+    encode_clip_prompts,
     find_release,
     load_graysd,
     load_sd_base,
@@ -148,7 +149,7 @@ def test_synthetic_release_runs_one_guided_step(tiny_release):
     paths = ReleasePaths(tiny_release)
     paths.require(["graysd", "image_encoder"])
     guider = load_graysd(paths, base.unet)
-    embeds = base.encode_prompt(["", "manga"])
+    embeds = encode_clip_prompts(base.text_encoder, base.tokenizer, ["", "manga"])
     assert embeds.shape == (2, 77, base.text_encoder.config.hidden_size)
     x, cond = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 8, 8)
     with torch.no_grad():

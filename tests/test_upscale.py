@@ -146,7 +146,7 @@ def test_batch_independence_and_stats_untouched(vae, fusion):
     for name, tensor in fusion.state_dict().items():
         assert torch.equal(tensor, before[name]), name
 
-    batched = GuidedUpscaler(vae, fusion, batch_size=3)(colored, guides, seeds=[5, 6, 7])
+    batched = GuidedUpscaler(vae, fusion)(colored, guides, seeds=[5, 6, 7], batch_size=3)
     singles = [GuidedUpscaler(vae, fusion)([c], [g], seeds=[s])[0] for c, g, s in zip(colored, guides, (5, 6, 7))]
     for a, b in zip(batched, singles):
         assert a.size == GUIDE and a.mode == "RGB"
@@ -199,7 +199,7 @@ def test_output_is_truncated_not_rounded():
 def test_progress_and_interrupt(vae, fusion):
     colored, guides = pages(3)
     calls = []
-    GuidedUpscaler(vae, fusion, batch_size=2)(colored, guides, progress=lambda d, t: calls.append((d, t)))
+    GuidedUpscaler(vae, fusion)(colored, guides, progress=lambda d, t: calls.append((d, t)), batch_size=2)
     assert calls == [(2, 3), (3, 3)]
 
     class Stop(Exception):
@@ -215,7 +215,7 @@ def test_progress_and_interrupt(vae, fusion):
 def test_pages_of_different_sizes_in_one_call(vae, fusion):
     colored, guides = pages(2)
     guides[1] = random_image((40, 40), 5)
-    out = GuidedUpscaler(vae, fusion, batch_size=4)(colored, guides)
+    out = GuidedUpscaler(vae, fusion)(colored, guides, batch_size=4)
     assert [o.size for o in out] == [GUIDE, (40, 40)]
 
 
@@ -232,8 +232,8 @@ def test_bad_input(vae, fusion):
         guided_decode(vae, fusion, torch.zeros(1, 3, 20, 20), torch.zeros(1, 3, 20, 20))
     with pytest.raises(InputError, match="must both be"):
         guided_decode(vae, fusion, torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 24))
-    with pytest.raises(InputError):
-        GuidedUpscaler(vae, fusion, batch_size=0)
+    with pytest.raises(InputError, match="batch_size"):
+        upscaler(colored, guides, batch_size=0)
 
 
 def test_fusion_for_another_vae_is_refused(vae, tmp_path):

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..weights import load_state_dict_file, load_strict
+from .holder import NetworkHolder
 
 LINE_EXTRACTOR_FILE = "LE/erika.pth"  # path inside the release folder
 PAD_MULTIPLE = 16
@@ -123,13 +124,16 @@ def _gray_array(gray: Image.Image | np.ndarray) -> np.ndarray:
     return array.astype(np.float32)
 
 
-class LineExtractor:
+class LineExtractor(NetworkHolder):
     """The line network in eval mode plus the original's padding, clamping and cropping."""
 
     def __init__(self, network: ResSkip, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
         self.device = torch.device(device)
         self.dtype = dtype
         self.network = network.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"line_extractor": self.network}
 
     @classmethod
     def from_file(

@@ -17,7 +17,9 @@ from PIL import Image
 from torch import nn
 
 from ..errors import InputError, WeightsError
+from ..seeding import SCREENTONE_SEED_OFFSET, page_generator
 from ..weights import load_state_dict_file, load_strict
+from .holder import NetworkHolder
 
 G_RGB2INTSCR_FILE = "ScreenStyle/color2manga/color2manga_cycle_ganstft/latest_net_G_RGB2INTSCR.pth"
 SCREENVAE_DEC_FILE = "ScreenStyle/ScreenVAE/latest_net_dec.pth"
@@ -27,7 +29,6 @@ INPUT_MULTIPLE = 256  # the generator halves the resolution 8 times
 DECODER_MULTIPLE = 128  # the decoder halves it 7 times
 RGB_PAD = (255, 0, 0)  # the original's `fill=255` on an RGB image pads with red, not white
 GRAY_PAD = 255
-NOISE_SEED_OFFSET = 3  # page seed + 3 seeds the decoder noise (ARCHITECTURE.md, random draws)
 SLOPE = 0.2
 
 
@@ -209,7 +210,7 @@ def _padded(array: np.ndarray, fill: tuple[int, ...]) -> np.ndarray:
     return canvas
 
 
-class ScreenStyleConverter:
+class ScreenStyleConverter(NetworkHolder):
     """Colour (or gray) page -> screentone rendition, and the GrayImage(ScreenStyle) condition (§3.3).
 
     The original halves pages taller than 2500 px first (never at the official sizes); here every
@@ -227,6 +228,9 @@ class ScreenStyleConverter:
         self.dtype = dtype
         self.generator = generator.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
         self.decoder = decoder.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+
+    def networks(self) -> dict[str, nn.Module]:
+        return {"screentone_generator": self.generator, "screentone_decoder": self.decoder}
 
     @classmethod
     def from_release(
@@ -254,7 +258,7 @@ class ScreenStyleConverter:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(screen code (1,4,h,w), screentone (1,1,h,w) in [-1,1]), cropped to the page; float32 CPU.
 
-        The decoder noise comes from `Generator(generator_device).manual_seed(seed + 3)`.
+        The decoder noise comes from `seeding.page_generator(seed + SCREENTONE_SEED_OFFSET)`.
         """
         if not isinstance(q15, Image.Image):
             raise InputError(f"the screentone conversion needs a PIL image, got {type(q15).__name__}")
@@ -267,7 +271,7 @@ class ScreenStyleConverter:
         hp, wp = code.shape[-2:]
         extra_h = (hp // DECODER_MULTIPLE + 1) * DECODER_MULTIPLE - hp  # always at least one block
         extra_w = (wp // DECODER_MULTIPLE + 1) * DECODER_MULTIPLE - wp
-        noise = torch.Generator(device=generator_device).manual_seed(seed + NOISE_SEED_OFFSET)
+        noise = page_generator(seed + SCREENTONE_SEED_OFFSET, generator_device)
         decoded = self.decoder(F.pad(code, (0, extra_w, 0, extra_h), mode="replicate"), noise)[:, :, :hp, :wp]
         luminance = (gray_t + 1) / 2
         screen = torch.clamp((decoded + 1) * luminance - 1, -1, 1)

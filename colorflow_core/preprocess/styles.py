@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from ..errors import InputError, WeightsError
-from ..images import process_image
+from ..images import normalize_mode, process_image
 from ..sizes import PageSize
 from .lines import LINE_EXTRACTOR_FILE, LineExtractor
 from .screentone import ScreenStyleConverter
@@ -19,7 +19,8 @@ STYLES = ("screenstyle", "sketch", "shading")
 
 @dataclass(frozen=True)
 class PreparedPage:
-    """Both images are gray RGB of the guide size (1.5W x 1.5H)."""
+    """Both images are gray RGB; the guide has the guide size (1.5W x 1.5H), the condition too except
+    for the identity preprocessing (the page as given)."""
 
     condition: Image.Image  # fitted to W x H later by retrieval, then the diffusion condition
     guide: Image.Image  # the GSRP guide
@@ -38,10 +39,12 @@ def prepare_page(
     """Preprocess one page for ``style``; the page is first fitted to 1.5W x 1.5H (Q15).
 
     - screenstyle: the 50/50 blend of the ScreenStyle screentone and the page gray (noise seeded
-      with ``seed`` + 3). With ``screentone=None`` the preprocessing is the identity (condition =
-      guide = gray Q15), which suits pages that already are screentoned manga; callers must offer
-      that only when the user explicitly turns the conversion off, never as a fallback for missing
-      ScreenStyle weights.
+      with ``seed`` + 3). With ``screentone=None`` the preprocessing is the identity, which suits
+      pages that already are screentoned manga: the condition is the gray page itself, NOT first
+      fitted to 1.5W x 1.5H, because retrieval fits it to W x H in one resize as the parity fixtures
+      do (a 1.5x detour changes the query by up to ~30 levels, and with it the retrieved patches);
+      the guide is the gray Q15. Callers must offer this only when the user explicitly turns the
+      conversion off, never as a fallback for missing ScreenStyle weights.
     - sketch: the line image of the page gray (a colour page is converted to gray first, as in the
       original); condition = guide.
     - shading: condition = the shaded sketch (§3.5), guide = the pure line image.
@@ -54,9 +57,9 @@ def prepare_page(
     q15 = process_image(page, *size.guide)
     if style == "screenstyle":
         if screentone is None:
-            condition = q15.convert("L").convert("RGB")
-        else:
-            condition = screentone.screenstyle_condition(q15, seed, generator_device)
+            return PreparedPage(condition=normalize_mode(page).convert("L").convert("RGB"),
+                                guide=q15.convert("L").convert("RGB"))
+        condition = screentone.screenstyle_condition(q15, seed, generator_device)
         return PreparedPage(condition=condition, guide=condition)
     if lines is None:
         raise WeightsError(f"the {style} style needs the line extractor ({LINE_EXTRACTOR_FILE} of the release)")

@@ -1,7 +1,9 @@
 """Random-weight Sketch / Sketch_Shading releases and PixArt-alpha bases in the official layout.
 
 Every tensor is random and non-zero (the guider's adapters and the LoRA B matrices too), so tests
-exercise every part; "tiny" matches the parity fixture's sizes, "full" the real PixArt-XL-2 sizes.
+exercise every part; "tiny" matches the parity fixture's sizes, "full" the real PixArt-XL-2 sizes,
+"reduced" keeps PixArt-XL-2's 28 blocks and T5 width with a quarter of the width. The VAE is the SD
+one of the same scale (PixArt-alpha uses the SD VAE), so one GSRP fusion net fits every style.
 """
 from __future__ import annotations
 
@@ -18,13 +20,15 @@ from ..guider_pixart import ALIAS, ColorGuiderPixArtModel
 from ..lora import PIXART_LORA_TARGETS, add_lora_adapter
 from ..pixart import LORA_FILE, MAX_SEQUENCE_LENGTH, PROMPT_CACHE_NAME, PromptEmbeddings
 from ..release import PIXART_STYLES
+from .sd import SCALES, model_config
 
-SCALES = ("tiny", "full")
 DIFFUSERS_VERSION = "0.31.0.dev0"
 
 _TRANSFORMER: dict[str, dict[str, Any]] = {
     "tiny": dict(num_attention_heads=3, attention_head_dim=8, num_layers=4, sample_size=32,
                  cross_attention_dim=24, caption_channels=24),
+    "reduced": dict(num_attention_heads=16, attention_head_dim=18, num_layers=28, sample_size=128,
+                    cross_attention_dim=288, caption_channels=4096),
     "full": dict(num_attention_heads=16, attention_head_dim=72, num_layers=28, sample_size=128,
                  cross_attention_dim=1152, caption_channels=4096),
 }
@@ -32,17 +36,11 @@ _TRANSFORMER_COMMON = dict(in_channels=4, out_channels=8, patch_size=2, activati
                            attention_bias=True, attention_type="default", dropout=0.0, norm_elementwise_affine=False,
                            norm_eps=1e-6, norm_num_groups=32, norm_type="ada_norm_single", num_embeds_ada_norm=1000,
                            upcast_attention=False, interpolation_scale=None, use_additional_conditions=True)
-_VAE: dict[str, dict[str, Any]] = {
-    "tiny": dict(block_out_channels=[8, 16, 32, 32], layers_per_block=1, norm_num_groups=4, sample_size=64),
-    "full": dict(block_out_channels=[128, 256, 512, 512], layers_per_block=2, norm_num_groups=32, sample_size=512),
-}
-_VAE_COMMON = dict(in_channels=3, out_channels=3, latent_channels=4, act_fn="silu", scaling_factor=0.18215,
-                   down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4)
 # DPM-Solver++ as PixArt-XL-2-1024-MS ships it (spec §6).
 _SCHEDULER = dict(algorithm_type="dpmsolver++", beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                   num_train_timesteps=1000, prediction_type="epsilon", solver_order=2, solver_type="midpoint",
                   lower_order_final=True, timestep_spacing="linspace", steps_offset=0, final_sigmas_type="zero")
-_PROMPT_LENGTH = {"tiny": 12, "full": MAX_SEQUENCE_LENGTH}
+_PROMPT_LENGTH = {"tiny": 12, "reduced": MAX_SEQUENCE_LENGTH, "full": MAX_SEQUENCE_LENGTH}
 _TOKENS_KEPT = {"prompt": 2, "negative_prompt": 1}  # "manga</s>" and "</s>"
 
 
@@ -135,7 +133,7 @@ def write_pixart_base(folder: str | os.PathLike, scale: str = "tiny", seed: int 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         PixArtTransformer2DModel(**transformer_config(scale)).save_pretrained(folder / "transformer")
-        AutoencoderKL(**_VAE_COMMON, **_VAE[scale]).save_pretrained(folder / "vae")
+        AutoencoderKL.from_config(model_config("vae", scale)).save_pretrained(folder / "vae")
         DPMSolverMultistepScheduler(**_SCHEDULER).save_pretrained(folder / "scheduler")
         if text_encoder:
             _write_tiny_t5(folder, transformer_config(scale)["caption_channels"])

@@ -1,6 +1,7 @@
 """Random-weight SD1.5 base, `GraySD/` guider + LoRA and `image_encoder/` in the official layout.
 
-Tiny (test) or full size (benchmarks: the real SD1.5 / CLIP configs). Networks are built on the meta
+Tiny (tests), reduced (the SD1.5 block structure with fewer channels: CPU benchmarks) or full size
+(benchmarks: the real SD1.5 / CLIP configs). Networks are built on the meta
 device only to learn their state-dict layout, so a full-size release costs no random init twice.
 Every tensor is random and non-zero, the guider's zero-convs and the LoRA B matrices included, so a
 test exercises each of them.
@@ -22,7 +23,7 @@ from ..guider import ColorGuiderSDModel
 from ..lora import SD_UNET_LORA_TARGETS, add_lora_adapter
 
 CONFIGS: dict[str, Any] = json.loads((Path(__file__).with_name("sd_configs.json")).read_text())
-SCALES = ("tiny", "full")
+SCALES = ("tiny", "reduced", "full")
 # Guider (BrushNet) block names for the UNet's cross-attention blocks (spec §7.1).
 _GUIDER_BLOCK = {
     "CrossAttnDownBlock2D": "SelfAttnDownBlock2D", "DownBlock2D": "DownBlock2D",
@@ -185,8 +186,8 @@ def write_image_encoder(folder: str | os.PathLike, scale: str = "tiny", seed: in
 def write_sd_release(root: str | os.PathLike, scale: str = "tiny", seed: int = 0, lora_rank: int = 4) -> Path:
     """`<root>/base/` (the SD1.5 base) plus the release's `GraySD/` and `image_encoder/` under ``root``.
 
-    The GSRP fusion net (`GraySD/MultiResNetModel.bin`) and the preprocessing networks are written by
-    their own modules' writers.
+    Without the GSRP fusion net and the preprocessing networks: `synthetic.write_release` composes
+    those in.
     """
     root = Path(root)
     write_sd_base(root / "base", scale, seed)

@@ -1,0 +1,29 @@
+"""The per-page random draws of docs/ARCHITECTURE.md "Random draws", in one place.
+
+Page i of a call started with ``seed`` uses ``seed + i``, plus a fixed offset per kind of draw, and
+every draw comes from a fresh generator on ``generator_device`` ("cpu" by default, so results do not
+depend on the GPU). A page's result therefore never depends on its batch or its neighbours.
+"""
+from __future__ import annotations
+
+import torch
+
+SCREENTONE_SEED_OFFSET = 3  # the ScreenVAE decoder noise
+GSRP_SEED_OFFSET = 5  # the GSRP posterior sample
+
+
+def page_seeds(seed: int, count: int) -> list[int]:
+    """``seed + i`` for page i of a call."""
+    return [seed + i for i in range(count)]
+
+
+def page_generator(seed: int, generator_device: str | torch.device = "cpu") -> torch.Generator:
+    """A fresh generator seeded with ``seed``: the same stream as the global RNG right after
+    ``torch.manual_seed(seed)``, which the original used."""
+    return torch.Generator(generator_device).manual_seed(seed)
+
+
+def seeded_randn(shape: tuple[int, ...], seed: int, generator_device: str | torch.device = "cpu") -> torch.Tensor:
+    """Standard normal float32 draws from a fresh generator seeded with ``seed``, returned on the CPU."""
+    generator = page_generator(seed, generator_device)
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).cpu()
