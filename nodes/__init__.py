@@ -7,6 +7,7 @@ from .comfy import register_model_folder
 from .model import LoadColorFlowModel
 from .native import NATIVE_NODE_CLASS_MAPPINGS, NATIVE_NODE_DISPLAY_NAME_MAPPINGS
 from .pool import ReferencePoolNode
+from .preprocess import PREPROCESS_NODE_CLASS_MAPPINGS, PREPROCESS_NODE_DISPLAY_NAME_MAPPINGS
 from .retrieve import RetrieveReferences
 from .sequence import LoadImageSequence
 from .upscale import GuidedUpscale
@@ -30,6 +31,10 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "ColorFlowGuidedUpscale": "Guided Upscale (ColorFlow)",
     "ColorFlowLoadImageSequence": "Load Image Sequence (ColorFlow)",
 }
+
+# Standalone preprocessing (line art, Sketch+Shading, screentone), e.g. for a lineart ControlNet.
+NODE_CLASS_MAPPINGS.update(PREPROCESS_NODE_CLASS_MAPPINGS)
+NODE_DISPLAY_NAME_MAPPINGS.update(PREPROCESS_NODE_DISPLAY_NAME_MAPPINGS)
 
 # The native path (ColorFlow as a patch on a ComfyUI MODEL, for KSampler / LoRA / ControlNet graphs).
 NODE_CLASS_MAPPINGS.update(NATIVE_NODE_CLASS_MAPPINGS)

@@ -1,6 +1,7 @@
 """Load ColorFlow Model: a style of the release + an SD1.5 base, wrapped for ComfyUI's memory manager."""
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 
 from colorflow_core.errors import WeightsError
@@ -12,6 +13,10 @@ from . import comfy
 HUB_BASE = "hub default"
 NO_RELEASE = "(no release found in models/colorflow)"
 DTYPES = ("auto", "fp16", "bf16", "fp32")
+# The engine this node loaded last per (release folder, device, dtype), held weakly so ComfyUI can still
+# free a model it drops from its cache. Loading another style of the same release shares its image
+# encoder, GSRP fusion net and preprocessing nets instead of loading them again.
+_LAST_LOADED: dict[tuple[str, str, str], weakref.ReferenceType] = {}
 # Sub-folders whose presence marks a folder as a ColorFlow release (any one style is enough).
 _RELEASE_MARKERS = ("GraySD", "sketch", "shading", "image_encoder")
 
@@ -49,6 +54,18 @@ def resolve_release(name: str) -> Path:
         f"{what} in {where}. Download {RELEASE_REPO} (https://huggingface.co/{RELEASE_REPO}) into a sub-folder "
         f"there, e.g. models/colorflow/ColorFlow/ holding {RELEASE_FOLDERS}, then refresh the node list (press R)."
     )
+
+
+def last_loaded(release_dir: Path, device, dtype):
+    """The live engine this node loaded last for this release on ``device`` / ``dtype``, or None."""
+    ref = _LAST_LOADED.get((str(release_dir.resolve()), str(device), str(dtype)))
+    engine = ref() if ref is not None else None
+    # ColorFlow.load refuses to share networks across devices / dtypes: skip one moved elsewhere since
+    return engine if engine is not None and engine.device == device and engine.dtype == dtype else None
+
+
+def _remember(release_dir: Path, engine) -> None:
+    _LAST_LOADED[(str(release_dir.resolve()), str(engine.device), str(engine.dtype))] = weakref.ref(engine)
 
 
 def list_bases() -> list[str]:
@@ -156,14 +173,19 @@ class LoadColorFlowModel:
     def load(self, style: str, release: str, base: str, dtype: str, screentone: bool = True,
              allow_download: bool = False):
         from colorflow_core.engine import ColorFlow
+        from colorflow_core.performance import SpeedOptions, resolve_device, resolve_dtype
 
         if dtype not in DTYPES:
             raise WeightsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
         release_dir = resolve_release(release)
         base_path = resolve_base(base)
+        device = resolve_device(comfy.load_device())
         engine = ColorFlow.load(
-            style, release=str(release_dir), base=base_path, device=comfy.load_device(), dtype=dtype,
+            style, release=str(release_dir), base=base_path, device=device, dtype=dtype,
             screentone=screentone, allow_download=allow_download,
+            reuse=last_loaded(release_dir, device, resolve_dtype(dtype, device)),
+            speed=SpeedOptions(offload="none"),  # ComfyUI's model manager does the offloading
         )
+        _remember(release_dir, engine)
         description = f"{style}, release {release_dir}, base {base_path or HUB_BASE}, {dtype}"
         return (comfy.ManagedModel(engine, description),)
