@@ -14,6 +14,13 @@ WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 # Frontend-only nodes: never sent to the server.
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 MODE_MUTED, MODE_BYPASSED = 2, 4
+# Combo inputs whose lists depend on the user's disk (model folders, uploads): any string is fine in
+# a shipped workflow.
+FREE_CHOICE = frozenset({
+    "ColorFlowLoadModel.release", "ColorFlowLoadModel.base", "ColorFlowNativeLoader.release",
+    "ColorFlowExtractLineArt.release", "ColorFlowScreentonePreprocess.release", "LoadImage.image",
+    "CheckpointLoaderSimple.ckpt_name", "LoraLoader.lora_name", "ControlNetLoader.control_net_name",
+})
 
 # The core nodes our workflows use, as ComfyUI 0.8 defines them (captured from its nodes.py); the
 # real-ComfyUI tests check the workflows against the server's own /object_info as well.

@@ -9,29 +9,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.comfy_server import PACK_NAME, REPO, base_with_pack, running_server
 from tests.comfy_tiny import write_tiny_release
-from tests.comfy_workflow import load_workflow, to_api, validate_workflow
+from tests.comfy_workflow import FREE_CHOICE, load_workflow, to_api, validate_workflow
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-PACK_NAME = "comfyui-colorflow"
-START_TIMEOUT = 180
-RUN_TIMEOUT = 300
-FREE_CHOICE = {"ColorFlowLoadModel.release", "ColorFlowLoadModel.base", "LoadImage.image"}
 TINY = {  # what turns the shipped manga workflow into a seconds-long CPU run on the tiny weights
     ("ColorFlowLoadModel", "release"): "tiny",
     ("ColorFlowLoadModel", "base"): "diffusers/sd_tiny",
@@ -49,81 +37,12 @@ if not COMFYUI_DIR:
                 "to run the real-ComfyUI test; see 'Testing with a real ComfyUI' in README.md", allow_module_level=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, url: str, base: Path, log: Path) -> None:
-        self.url, self.base, self.log = url, base, log
-
-    def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
-            return json.loads(response.read())
-
-    def post(self, path: str, payload: dict) -> tuple[int, dict]:
-        request = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def run(self, prompt: dict) -> dict:
-        """Queue ``prompt`` and wait for its history entry."""
-        status, answer = self.post("/prompt", {"prompt": prompt, "client_id": str(uuid.uuid4())})
-        assert status == 200, answer
-        prompt_id = answer["prompt_id"]
-        deadline = time.monotonic() + RUN_TIMEOUT
-        while time.monotonic() < deadline:
-            history = self.get(f"/history/{prompt_id}")
-            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
-                return history[prompt_id]
-            time.sleep(1)
-        raise AssertionError(f"prompt did not finish in {RUN_TIMEOUT} s; server log:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_base")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
+    base = base_with_pack(tmp_path_factory.mktemp("comfy_base"))
     write_tiny_release(base / "models" / "colorflow" / "tiny", base / "models" / "diffusers" / "sd_tiny")
-    port = _free_port()
-    log = base / "server.log"
-    python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    command = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory",
-               str(base), "--database-url", "sqlite:///:memory:", "--disable-auto-launch"]
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(command, cwd=COMFYUI_DIR, stdout=log_file, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    server = Server(f"http://127.0.0.1:{port}", base, log)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {process.returncode} during start-up:\n{server.log_tail()}")
-            try:
-                server.get("/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI not ready after {START_TIMEOUT} s:\n{server.log_tail()}")
-                time.sleep(1)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
+    with running_server(base) as srv:
+        yield srv
 
 
 @pytest.fixture(scope="module")

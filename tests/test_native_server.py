@@ -8,13 +8,6 @@ an SD1.5-detected checkpoint, a style LoRA, a ControlNet and a GraySD/-only rele
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -23,18 +16,15 @@ from tests.native_support import comfy_or_skip
 
 comfy_or_skip()
 
+from tests.comfy_server import REPO, base_with_pack, running_server  # noqa: E402
 from tests.comfy_tiny import write_tiny_release  # noqa: E402
-from tests.comfy_workflow import load_workflow, to_api, validate_workflow  # noqa: E402
+from tests.comfy_workflow import FREE_CHOICE, load_workflow, to_api, validate_workflow  # noqa: E402
 from tests.native_tiny import write_native_files  # noqa: E402
-from tests.test_comfyui_server import PACK_NAME, START_TIMEOUT, Server  # noqa: E402
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / "workflows" / "manga_sequence_native.json"
 NATIVE_NODES = ("ColorFlowNativeLoader", "ColorFlowApply", "ColorFlowCropUpscale")
-FREE_CHOICE = {"ColorFlowLoadModel.release", "ColorFlowLoadModel.base", "ColorFlowNativeLoader.release",
-               "CheckpointLoaderSimple.ckpt_name", "LoraLoader.lora_name", "ControlNetLoader.control_net_name"}
 PAGE, CANVAS, HIRES = (64, 96), (128, 192), (96, 144)
 
 
@@ -58,44 +48,13 @@ def _tiny_overrides(names: dict[str, str]) -> dict[tuple[str, str], object]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("comfy_native")
-    (base / "custom_nodes").mkdir()
-    (base / "custom_nodes" / PACK_NAME).symlink_to(REPO, target_is_directory=True)
+    base = base_with_pack(tmp_path_factory.mktemp("comfy_native"))
     models = base / "models"
     write_tiny_release(models / "colorflow" / "tiny", models / "diffusers" / "sd_tiny")
     names = write_native_files(models)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = base / "server.log"
-    command = [os.environ.get("COMFYUI_PYTHON", sys.executable), "main.py", "--cpu", "--listen", "127.0.0.1",
-               "--port", str(port), "--base-directory", str(base), "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch"]
-    with open(log, "w") as log_file:
-        process = subprocess.Popen(command, cwd=os.environ["COMFYUI_DIR"], stdout=log_file,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
-    srv = Server(f"http://127.0.0.1:{port}", base, log)
-    srv.names = names
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"ComfyUI exited with {process.returncode} during start-up:\n{srv.log_tail()}")
-            try:
-                srv.get("/system_stats")
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                if time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI not ready after {START_TIMEOUT} s:\n{srv.log_tail()}")
-                time.sleep(1)
+    with running_server(base) as srv:
+        srv.names = names
         yield srv
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,8 @@ from nodes.tensors import images_from_tensors
 from nodes.upscale import GuidedUpscale
 from tests.comfy_tiny import write_tiny_release
 
+pytestmark = pytest.mark.usefixtures("outside_comfyui")
+
 W, H = 64, 96  # the smallest page size the tiny UNet accepts (multiples of 32)
 
 

@@ -18,6 +18,8 @@ from nodes import model as model_node
 from nodes import preprocess
 from nodes.preprocess import PREPROCESS_NODE_CLASS_MAPPINGS, PREPROCESS_NODE_DISPLAY_NAME_MAPPINGS
 
+pytestmark = pytest.mark.usefixtures("outside_comfyui")
+
 H, W = 32, 48
 
 

@@ -7,16 +7,12 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_workflow import (
-    CORE_NODES, FRONTEND_ONLY, definitions_from_classes, load_workflow, to_api, validate_workflow,
+    CORE_NODES, FREE_CHOICE, FRONTEND_ONLY, definitions_from_classes, load_workflow, to_api, validate_workflow,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 # Every shipped workflow (checked against our node classes + the core nodes ComfyUI 0.8 defines).
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
-# Combo lists that depend on the user's disk: any string is fine in a shipped workflow.
-FREE_CHOICE = {"ColorFlowLoadModel.release", "ColorFlowLoadModel.base", "LoadImage.image",
-               "ColorFlowNativeLoader.release", "CheckpointLoaderSimple.ckpt_name", "LoraLoader.lora_name",
-               "ControlNetLoader.control_net_name"}
 
 
 @pytest.fixture(scope="module")
