@@ -40,14 +40,38 @@ def _meta(cls, *args, **kwargs):
     return model.to_empty(device="cpu").eval()
 
 
-def _ldm_unet(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+def _ldm_unet(unet: UNet2DConditionModel, keys_config: dict = COMFY_KEYS_CONFIG) -> dict[str, torch.Tensor]:
     import comfy.utils
 
-    key_map = comfy.utils.unet_to_diffusers(COMFY_KEYS_CONFIG)
+    key_map = comfy.utils.unet_to_diffusers(keys_config)
     state = unet.state_dict()
     unmapped = sorted(set(state) - set(key_map))
     assert not unmapped, f"tiny UNet keys without an ldm name: {unmapped[:5]}"
     return {f"model.diffusion_model.{key_map[k]}": v for k, v in state.items()}
+
+
+def comfy_keys_config(unet_config) -> dict:
+    """A diffusers SD1.x-style UNet config in the terms of comfy.utils.unet_to_diffusers (cf. COMFY_KEYS_CONFIG)."""
+    n, base = unet_config["layers_per_block"], unet_config["block_out_channels"][0]
+    attn = [int(t.startswith("CrossAttn")) for t in unet_config["down_block_types"]]
+    attn_up = [int(t.startswith("CrossAttn")) for t in reversed(unet_config["up_block_types"])]
+    return {"num_res_blocks": [n] * len(attn), "channel_mult": [c // base for c in unet_config["block_out_channels"]],
+            "transformer_depth": [d for d in attn for _ in range(n)],
+            "transformer_depth_output": [d for d in attn_up for _ in range(n + 1)], "transformer_depth_middle": 1}
+
+
+def ldm_checkpoint(unet: UNet2DConditionModel, vae: AutoencoderKL, text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
+    """A full SD1.x single-file checkpoint in the original LDM/CompVis key layout (ComfyUI's key maps):
+    ``model.diffusion_model.*``, ``first_stage_model.*`` (ldm VAE names, 1x1-conv attention) and
+    ``cond_stage_model.transformer.text_model.*``."""
+    import comfy.diffusers_convert
+
+    checkpoint = _ldm_unet(unet, comfy_keys_config(unet.config))
+    ldm_vae = comfy.diffusers_convert.convert_vae_state_dict(vae.state_dict())
+    checkpoint.update({f"first_stage_model.{k}": v for k, v in ldm_vae.items()})
+    for k, v in text_encoder.state_dict().items():  # transformers >= 5.6 drops the `text_model.` level
+        checkpoint[f"cond_stage_model.transformer.{k if k.startswith('text_model.') else 'text_model.' + k}"] = v
+    return {k: v.contiguous() for k, v in checkpoint.items()}
 
 
 def _controlnet(ldm_unet: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
