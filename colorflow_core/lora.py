@@ -18,7 +18,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from .errors import WeightsError
-from .weights import describe_mismatch
+from .weights import compare_state_dicts, describe_mismatch
 
 ADAPTER_NAME = "default"
 
@@ -123,13 +123,8 @@ def inject_lora(
     try:
         expected = model.state_dict()
         lora_names = {k for k in expected if _LORA_MARK in k}
-        missing = sorted(lora_names - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        misshapen = sorted(
-            f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(expected[k].shape)}"
-            for k in set(tensors) & set(expected)
-            if tuple(tensors[k].shape) != tuple(expected[k].shape)
-        )
+        missing, unexpected, misshapen = compare_state_dicts(expected, tensors)
+        missing = [k for k in missing if k in lora_names]  # base weights may come from the UNet itself
         if missing or unexpected or misshapen:
             raise WeightsError(
                 f"LoRA (rank {rank}, {len(lora_names)} adapter tensors expected, "

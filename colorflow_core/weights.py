@@ -50,17 +50,24 @@ def load_strict(
     """Load every tensor, or raise one ``WeightsError`` listing what is missing, extra or misshapen."""
     ignored = set(ignore)
     state = {k: v for k, v in state_dict.items() if k not in ignored}
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    misshapen = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if tuple(state[k].shape) != tuple(expected[k].shape)
-    )
+    missing, unexpected, misshapen = compare_state_dicts(module.state_dict(), state)
     if missing or unexpected or misshapen:
         raise WeightsError(describe_mismatch(source, missing, unexpected, misshapen))
     module.load_state_dict(state, strict=True)
+
+
+def compare_state_dicts(
+    expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[str]]:
+    """Names of ``given`` against the ``expected`` layout: (missing, unexpected, wrong shape)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    misshapen = sorted(
+        f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(given) & set(expected)
+        if tuple(given[k].shape) != tuple(expected[k].shape)
+    )
+    return missing, unexpected, misshapen
 
 
 def describe_mismatch(

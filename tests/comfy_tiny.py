@@ -12,3 +12,17 @@ def write_tiny_release(release: Path, base: Path) -> None:
 
     write_release(release)
     shutil.move(str(release / SD_BASE_DIR), str(base))
+
+
+# What turns a shipped workflow into a seconds-long CPU run on the release written above (64x96
+# pages, two of them, fp32; the tiny release has no ScreenVAE).
+TINY_RUN = {
+    ("ColorFlowLoadModel", "release"): "tiny",
+    ("ColorFlowLoadModel", "base"): "diffusers/sd_tiny",
+    ("ColorFlowLoadModel", "dtype"): "fp32",
+    ("ColorFlowLoadModel", "screentone"): False,
+    ("ColorFlowLoadImageSequence", "limit"): 2,
+    ("ColorFlowRetrieveReferences", "size"): "custom",
+    ("ColorFlowRetrieveReferences", "width"): 64,
+    ("ColorFlowRetrieveReferences", "height"): 96,
+}

@@ -14,23 +14,13 @@ import pytest
 from PIL import Image
 
 from tests.comfy_server import PACK_NAME, REPO, base_with_pack, running_server
-from tests.comfy_tiny import write_tiny_release
+from tests.comfy_tiny import TINY_RUN, write_tiny_release
 from tests.comfy_workflow import FREE_CHOICE, load_workflow, to_api, validate_workflow
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.slow]
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-TINY = {  # what turns the shipped manga workflow into a seconds-long CPU run on the tiny weights
-    ("ColorFlowLoadModel", "release"): "tiny",
-    ("ColorFlowLoadModel", "base"): "diffusers/sd_tiny",
-    ("ColorFlowLoadModel", "dtype"): "fp32",
-    ("ColorFlowLoadModel", "screentone"): False,  # the tiny release has no ScreenVAE
-    ("ColorFlowLoadImageSequence", "limit"): 2,
-    ("ColorFlowRetrieveReferences", "size"): "custom",
-    ("ColorFlowRetrieveReferences", "width"): 64,
-    ("ColorFlowRetrieveReferences", "height"): 96,
-    ("ColorFlowInContextColorize", "steps"): 2,
-}
+TINY = {**TINY_RUN, ("ColorFlowInContextColorize", "steps"): 2}
 
 if not COMFYUI_DIR:
     pytest.skip("COMFYUI_DIR is not set: point it to a ComfyUI checkout (and COMFYUI_PYTHON to its interpreter) "

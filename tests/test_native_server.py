@@ -17,7 +17,7 @@ from tests.native_support import comfy_or_skip
 comfy_or_skip()
 
 from tests.comfy_server import REPO, base_with_pack, running_server  # noqa: E402
-from tests.comfy_tiny import write_tiny_release  # noqa: E402
+from tests.comfy_tiny import TINY_RUN, write_tiny_release  # noqa: E402
 from tests.comfy_workflow import FREE_CHOICE, load_workflow, to_api, validate_workflow  # noqa: E402
 from tests.native_tiny import write_native_files  # noqa: E402
 
@@ -34,14 +34,7 @@ def _tiny_overrides(names: dict[str, str]) -> dict[tuple[str, str], object]:
         ("LoraLoader", "lora_name"): names["lora"],
         ("ControlNetLoader", "control_net_name"): names["controlnet"],
         ("ColorFlowNativeLoader", "release"): names["release"],
-        ("ColorFlowLoadModel", "release"): "tiny",
-        ("ColorFlowLoadModel", "base"): "diffusers/sd_tiny",
-        ("ColorFlowLoadModel", "dtype"): "fp32",
-        ("ColorFlowLoadModel", "screentone"): False,  # the tiny release has no ScreenVAE
-        ("ColorFlowLoadImageSequence", "limit"): 2,
-        ("ColorFlowRetrieveReferences", "size"): "custom",
-        ("ColorFlowRetrieveReferences", "width"): PAGE[0],
-        ("ColorFlowRetrieveReferences", "height"): PAGE[1],
+        **TINY_RUN,
         ("KSampler", "steps"): 2,
     }
 
