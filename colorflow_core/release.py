@@ -279,10 +279,10 @@ def _load_part(what: Path, load: Any) -> Any:
         return load()
     except WeightsError:
         raise
-    except Exception as exc:  # truncated / corrupt file, bad config
+    except Exception as exc:  # truncated / corrupt file, bad config, a checkpoint lacking weights
         raise WeightsError(
-            f"{what} could not be loaded ({type(exc).__name__}: {exc}). A file in it is truncated or corrupt: "
-            f"download it again."
+            f"{what} could not be loaded ({type(exc).__name__}: {exc}). A file in it is truncated or corrupt, or "
+            f"it is not a complete SD1.5 model (weights missing): download it again or pick an SD1.5 base."
         ) from exc
 
 

@@ -15,6 +15,7 @@ comfy_or_skip()
 
 from safetensors.torch import save_file  # noqa: E402
 
+from colorflow_core.errors import WeightsError  # noqa: E402
 from colorflow_core.release import encode_clip_prompts, load_sd_base  # noqa: E402
 from colorflow_core.synthetic.sd import write_sd_base  # noqa: E402
 from tests.native_tiny import ldm_checkpoint  # noqa: E402
@@ -37,7 +38,7 @@ def bases(tmp_path_factory):
     assert not any(n in k for k in checkpoint for n in diffusers_names)  # no diffusers names left
     file = root / "tiny_sd15.safetensors"
     save_file(checkpoint, str(file))
-    return reference, load_sd_base(file, config=folder)
+    return reference, load_sd_base(file, config=folder), checkpoint, folder
 
 
 def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,7 +47,7 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def test_single_file_weights_all_land(bases):
-    reference, single = bases
+    reference, single, _, _ = bases
     for part in ("unet", "vae", "text_encoder"):
         ref, got = getattr(reference, part).state_dict(), getattr(single, part).state_dict()
         assert set(got) == set(ref), part
@@ -60,7 +61,7 @@ def test_single_file_weights_all_land(bases):
 
 @torch.no_grad()
 def test_single_file_outputs_match_the_folder(bases):
-    reference, single = bases
+    reference, single, _, _ = bases
     g = torch.Generator().manual_seed(0)
     prompts = ["", "a manga page"]
     embeds = encode_clip_prompts(reference.text_encoder, reference.tokenizer, prompts)
@@ -73,3 +74,14 @@ def test_single_file_outputs_match_the_folder(bases):
     latents = reference.vae.encode(image).latent_dist.mean
     assert _max_diff(single.vae.encode(image).latent_dist.mean, latents) <= TOL
     assert _max_diff(single.vae.decode(latents).sample, reference.vae.decode(latents).sample) <= TOL
+
+
+def test_checkpoint_missing_weights_is_refused_clearly(bases, tmp_path):
+    _, _, checkpoint, folder = bases
+    partial = dict(checkpoint)
+    for key in [k for k in partial if k.startswith("model.diffusion_model.out.")]:
+        del partial[key]
+    file = tmp_path / "partial.safetensors"
+    save_file(partial, str(file))
+    with pytest.raises(WeightsError, match="not a complete SD1.5 model"):
+        load_sd_base(file, config=folder)
