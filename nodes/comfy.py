@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -80,6 +80,24 @@ def load_device() -> torch.device | None:
     return model_management.get_torch_device() if IN_COMFYUI else None
 
 
+def offload_device() -> torch.device:
+    """Where idle networks wait: ComfyUI's offload device (the CPU unless --highvram), else the CPU."""
+    return model_management.unet_offload_device() if IN_COMFYUI else torch.device("cpu")
+
+
+def make_room(modules: Iterable[torch.nn.Module], device: torch.device) -> None:
+    """Before moving ``modules`` to ``device``: ComfyUI unloads its own models until they fit."""
+    if IN_COMFYUI:
+        needed = sum(model_management.module_size(m) for m in modules) + model_management.minimum_inference_memory()
+        model_management.free_memory(needed, device)
+
+
+def empty_cache() -> None:
+    """Give cached GPU memory back after a node's work (ComfyUI's way; nothing outside it)."""
+    if IN_COMFYUI:
+        model_management.soft_empty_cache()
+
+
 class ColorFlowNetworks(torch.nn.Module):
     """A container of the engine's networks, so ComfyUI's ModelPatcher sees (and moves) all of them."""
 
@@ -119,8 +137,7 @@ class ManagedModel:
     def done(self) -> None:
         """After a node's work: let the engine drop its caches and give cached GPU memory back."""
         self.engine.free()
-        if IN_COMFYUI:
-            model_management.soft_empty_cache()
+        empty_cache()
 
     def __repr__(self) -> str:
         return f"ColorFlow model ({self.description})"

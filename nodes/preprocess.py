@@ -19,6 +19,7 @@ from PIL import Image
 
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.images import check_page
+from colorflow_core.preprocess.holder import NetworkHolder
 from colorflow_core.preprocess.shading import DARK_BELOW, FLAT_GRAY, LINE_ABOVE, MID_BELOW
 
 from . import comfy
@@ -30,9 +31,9 @@ if TYPE_CHECKING:  # release.py imports diffusers: only when a node runs, not at
     from colorflow_core.release import ReleasePaths
 
 # (kind, release folder) -> (the files' (path, mtime, size) when loaded, the loaded preprocessor)
-_CACHE: dict[tuple[str, str], tuple[tuple, object]] = {}
-# kind -> (release.COMPONENTS name, attributes of the preprocessor holding its networks)
-_KINDS = {"lines": ("line_extractor", ("network",)), "screentone": ("screenstyle", ("generator", "decoder"))}
+_CACHE: dict[tuple[str, str], tuple[tuple, NetworkHolder]] = {}
+# kind -> its release.COMPONENTS name
+_KINDS = {"lines": "line_extractor", "screentone": "screenstyle"}
 
 
 def _require(release: str, kind: str) -> ReleasePaths:
@@ -41,13 +42,8 @@ def _require(release: str, kind: str) -> ReleasePaths:
     from colorflow_core.release import ReleasePaths
 
     paths = ReleasePaths(resolve_release(release))
-    paths.require([_KINDS[kind][0]])
+    paths.require([_KINDS[kind]])
     return paths
-
-
-def _offload_device() -> torch.device:
-    """Where idle networks wait: ComfyUI's offload device (the CPU unless --highvram), else the CPU."""
-    return comfy.model_management.unet_offload_device() if comfy.IN_COMFYUI else torch.device("cpu")
 
 
 def _compute_device() -> torch.device:
@@ -56,7 +52,7 @@ def _compute_device() -> torch.device:
     return resolve_device(comfy.load_device())
 
 
-def _preprocessor(kind: str, paths: ReleasePaths) -> object:
+def _preprocessor(kind: str, paths: ReleasePaths) -> NetworkHolder:
     """The cached preprocessor of ``kind`` for this release, reloaded when one of its files changed."""
     from colorflow_core.preprocess.lines import LineExtractor
     from colorflow_core.preprocess.screentone import ScreenStyleConverter
@@ -67,7 +63,7 @@ def _preprocessor(kind: str, paths: ReleasePaths) -> object:
     cached = _CACHE.get(key)
     if cached is not None and cached[0] == stamp:
         return cached[1]
-    device = _offload_device()  # fp32 as in the engine: the line net works on raw 0..255 values
+    device = comfy.offload_device()  # fp32 as in the engine: the line net works on raw 0..255 values
     loaded = LineExtractor.from_file(files[0], device) if kind == "lines" else \
         ScreenStyleConverter.from_release(paths.root, device)
     _CACHE[key] = (stamp, loaded)
@@ -75,20 +71,15 @@ def _preprocessor(kind: str, paths: ReleasePaths) -> object:
 
 
 @contextmanager
-def _on_compute_device(kind: str, holder: object) -> Iterator[object]:
-    """The preprocessor on the compute device for the duration of one node run, then back offloaded.
-    Inside ComfyUI, room is made first (ComfyUI unloads its own models as needed)."""
+def _on_compute_device(holder: NetworkHolder) -> Iterator[NetworkHolder]:
+    """The preprocessor on the compute device for the duration of one node run, then back offloaded."""
     device = _compute_device()
-    if comfy.IN_COMFYUI:
-        mm = comfy.model_management
-        needed = sum(mm.module_size(getattr(holder, a)) for a in _KINDS[kind][1]) + mm.minimum_inference_memory()
-        mm.free_memory(needed, device)
+    comfy.make_room(holder.networks().values(), device)
     try:
         yield holder.to(device)
     finally:
-        holder.to(_offload_device())
-        if comfy.IN_COMFYUI:
-            comfy.model_management.soft_empty_cache()
+        holder.to(comfy.offload_device())
+        comfy.empty_cache()
 
 
 def _pages(images, node: str) -> list[Image.Image]:
@@ -98,12 +89,12 @@ def _pages(images, node: str) -> list[Image.Image]:
     return pages
 
 
-def _run(kind: str, release: str, pages: list[Image.Image], work: Callable[[object, int, Image.Image], Image.Image]):
+def _run(kind: str, release: str, pages: list[Image.Image], work: Callable[[NetworkHolder, int, Image.Image], Image.Image]):
     """``work(preprocessor, i, page)`` for every page with progress and cancel checks → IMAGE batch."""
     paths = _require(release, kind)
     progress = comfy.progress_callback(len(pages))
     results = []
-    with _on_compute_device(kind, _preprocessor(kind, paths)) as preprocessor:
+    with _on_compute_device(_preprocessor(kind, paths)) as preprocessor:
         for i, page in enumerate(pages):
             comfy.check_interrupt()
             results.append(work(preprocessor, i, page))

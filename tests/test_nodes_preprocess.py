@@ -202,7 +202,7 @@ def test_progress_cancel_and_offload(monkeypatch):
     (the compute device is told apart from the offload device by a marker, as both are the CPU here)."""
     compute, offload = torch.device("cpu", 0), torch.device("cpu")
     monkeypatch.setattr(preprocess, "_compute_device", lambda: compute)
-    monkeypatch.setattr(preprocess, "_offload_device", lambda: offload)
+    monkeypatch.setattr(comfy_glue, "offload_device", lambda: offload)
     calls: list[tuple[int, int]] = []
     monkeypatch.setattr(comfy_glue, "progress_callback", lambda total: lambda done, n: calls.append((done, n)))
     preprocess.ExtractLineArt().extract(_pages(3)[1], "tiny")
