@@ -29,6 +29,20 @@ PROMPT = "manga"
 NEGATIVE_PROMPT = ""
 
 
+def guider_conditioning(mean: torch.Tensor, std: torch.Tensor, mask: Image.Image, seed: int,
+                        scaling_factor: float, generator_device: str = "cpu") -> torch.Tensor:
+    """(2,5,h,w): a page's [uncond, cond] ColorGuider conditioning (spec §5 step 5) from the canvas's
+    VAE posterior: two samples (the original's two CFG copies) × scaling factor, plus the mask channel.
+
+    The draws come from a generator seeded with the page's seed (ARCHITECTURE "Random draws").
+    """
+    h, w = mean.shape[-2:]
+    noise = seeded_randn((2, 4, h, w), seed, generator_device).to(mean.device, mean.dtype)
+    sample = (mean + std * noise) * scaling_factor
+    m = latent_mask(mask, (h, w)).to(sample.device, sample.dtype).expand(2, 1, h, w)
+    return torch.cat([sample, m], dim=1)
+
+
 @dataclass
 class PreparedBatch:
     """Per-batch denoising state: latents (B,4,h,w) and the CFG-ordered guider conditioning."""
@@ -89,10 +103,8 @@ class ColorFlowSDPipeline(PageBatchPipeline):
             h, w = pixels.shape[-2] // self.vae_scale_factor, pixels.shape[-1] // self.vae_scale_factor
             latents.append(seeded_randn((1, 4, h, w), seed, generator_device) * init_noise_sigma)
             posterior = self.vae.encode(pixels).latent_dist
-            noise = seeded_randn((2, 4, h, w), seed, generator_device).to(self.device, posterior.mean.dtype)
-            sample = (posterior.mean + posterior.std * noise) * self.vae.config.scaling_factor
-            m = latent_mask(mask, (h, w)).to(self.device, sample.dtype).expand(2, 1, h, w)
-            cond = torch.cat([sample, m], dim=1)
+            cond = guider_conditioning(posterior.mean, posterior.std, mask, seed, self.vae.config.scaling_factor,
+                                       generator_device)
             cond_u.append(cond[0:1])
             cond_c.append(cond[1:2])
         conditioning = torch.cat(cond_u + cond_c) if cfg else torch.cat(cond_c)

@@ -32,9 +32,8 @@ from PIL import Image
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.guider import ColorGuiderSDModel, GuiderResiduals
 from colorflow_core.lora_convert import unet_lora_to_kohya
-from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
-from colorflow_core.retrieval import latent_mask
-from colorflow_core.seeding import page_seeds, seeded_randn
+from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT, guider_conditioning
+from colorflow_core.seeding import page_seeds
 from colorflow_core.weights import load_state_dict_file
 
 from . import comfy as comfy_env
@@ -160,11 +159,7 @@ def conditioning_latents(vae: Any, canvases: Sequence[Image.Image], masks: Seque
             moments = first_stage.quant_conv(first_stage.encoder(x)).float().cpu()
         mean, logvar = moments.chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        h, w = mean.shape[-2:]
-        noise = seeded_randn((2, 4, h, w), seed)
-        sample = (mean + std * noise) * scale_factor
-        m = latent_mask(mask, (h, w)).expand(2, 1, h, w)
-        out.append(torch.cat([sample, m], dim=1))
+        out.append(guider_conditioning(mean, std, mask, seed, scale_factor))
     return torch.stack(out)
 
 
