@@ -218,6 +218,28 @@ def test_networks_are_every_net_once_and_no_text_encoder(loaded) -> None:
     assert not any(isinstance(v, CLIPTextModel) for v in vars(engine.pipeline).values())
 
 
+def test_a_bfloat16_engine_runs_the_whole_chain_close_to_float32(loaded) -> None:
+    """The reduced-precision path a GPU takes (fp16 there; bf16 is what a CPU can run): every dtype
+    hand-over (VAE, guider residuals, LoRA, fusion, scheduler) works, CLIP stays fp32 so the retrieval
+    is the same, and the pages stay close to fp32's (bf16 keeps 8 bits of mantissa)."""
+    case, meta, engine, size, pool = loaded
+    half = ColorFlow.load("screenstyle", case / "weights", case / "weights" / "base", device="cpu", dtype="bf16",
+                          screentone=False)
+    nets = half.networks()
+    assert {p.dtype for name in ("unet", "guider", "vae", "fusion") for p in nets[name].parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in nets["image_encoder"].parameters()} == {torch.float32}
+    page = load_image(case / "inputs" / "page.png")
+    settings = ColorizeSettings(steps=meta["steps"], seed=meta["seed"])
+    [want] = engine.run([page], pool, size, settings)
+    half_pool = half.reference_pool([load_image(p) for p in list_image_files(case / "inputs")
+                                     if p.name.startswith("ref")], size)
+    assert torch.equal(half_pool.embeddings, pool.embeddings)
+    [got] = half.run([page], half_pool, size, settings)
+    for a, b in ((got.canvas, want.canvas), (got.image, want.image)):
+        assert a.size == b.size and _levels(a, b).mean() < 6
+    assert np.asarray(got.image).std() > 10  # a real picture, not a flat failure
+
+
 # ---- the PixArt styles ---------------------------------------------------------------------------
 
 
