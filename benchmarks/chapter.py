@@ -35,6 +35,9 @@ from .synthetic_release import SCALES, write_release
 
 HERE = Path(__file__).resolve().parent
 MODES = ("baseline", "ours")
+CPU_NEEDS_A_SCALE = ("no GPU: the default setting is the issue's GPU one (full-size models, 50 pages at 512x800, "
+                     "10 steps), which a CPU needs days for (python -m benchmarks.flops counts it). Use --quick "
+                     "(reduced models, 4 pages, minutes), or pass --scale to run a setting of your own.")
 QUICK = {"pages": 4, "refs": 6, "size": "256x384", "steps": 2, "scale": "reduced", "warmup": 0}
 
 
@@ -63,7 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--refs", type=int, default=40, help="reference images in the chapter's pool")
     p.add_argument("--size", default="512x800", help="page size WxH (multiples of 32)")
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--scale", choices=SCALES, default="full", help="model size (full = SD1.5 / ViT-H)")
+    p.add_argument("--scale", choices=SCALES, default=None,
+                   help="model size (default on a GPU: full = SD1.5 / ViT-H; a CPU run names one, or uses --quick)")
     p.add_argument("--quick", action="store_true",
                    help="CPU preset: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()) + " (explicit flags win)")
     p.add_argument("--device", default="auto")
@@ -275,6 +279,10 @@ def max_level_difference(a: list[Image.Image], b: list[Image.Image]) -> int:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     device = performance.resolve_device(args.device)
+    if args.scale is None:
+        if device.type != "cuda":
+            raise SystemExit(CPU_NEEDS_A_SCALE)
+        args.scale = "full"
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         raise SystemExit(f"--modes must list some of {MODES}")
