@@ -29,12 +29,11 @@ from colorflow_core import performance
 from colorflow_core.engine import ColorFlow, ColorizeSettings
 from colorflow_core.sizes import PageSize, parse_size
 
-from .flows import STAGES, ChapterOutput, PromptEncoder, StageTimer, run_baseline, run_ours
+from .flows import MODES, STAGES, ChapterOutput, PromptEncoder, StageTimer, run_baseline, run_ours
 from .inputs import synthetic_chapter
 from .synthetic_release import SCALES, write_release
 
 HERE = Path(__file__).resolve().parent
-MODES = ("baseline", "ours")
 CPU_NEEDS_A_SCALE = ("no GPU: the default setting is the issue's GPU one (full-size models, 50 pages at 512x800, "
                      "10 steps), which a CPU needs days for (python -m benchmarks.flops counts it). Use --quick "
                      "(reduced models, 4 pages, minutes), or pass --scale to run a setting of your own.")

@@ -33,10 +33,11 @@ from colorflow_core.lora import SD_UNET_LORA_TARGETS, add_lora_adapter
 from colorflow_core.retrieval import PATCHES_PER_REFERENCE, QUERY_PATCH_KINDS
 from colorflow_core.sizes import PageSize, parse_size
 from colorflow_core.synthetic.sd import SCALES, guider_config_from_unet, model_config
-from colorflow_core.upscale import encode_with_features, vae_feature_channels
+from colorflow_core.upscale import encode_with_features, vae_feature_channels, vae_scale_factor
+
+from .flows import MODES, STAGES
 
 HERE = Path(__file__).resolve().parent
-MODES = ("baseline", "ours")
 # network call -> the stage `chapter.py` times it in
 STAGE_OF = {
     "image_encoder": "retrieval", "screentone_generator": "retrieval", "screentone_decoder": "retrieval",
@@ -77,8 +78,9 @@ def _meta(*shape: int) -> torch.Tensor:
     return torch.zeros(*shape, device="meta")
 
 
-def network_flops(size: PageSize, scale: str = "full", lora_rank: int = 64) -> dict[str, int]:
-    """FLOPs of one sample through each network at the shapes of a ``size`` page (``scale``: model size)."""
+def network_flops(size: PageSize, scale: str = "full", lora_rank: int = 64, screentone: bool = True) -> dict[str, int]:
+    """FLOPs of one sample through each network at the shapes of a ``size`` page (``scale``: model size;
+    the ScreenStyle nets only with ``screentone``)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -96,7 +98,7 @@ def network_flops(size: PageSize, scale: str = "full", lora_rank: int = 64) -> d
         text_encoder = CLIPTextModel(text_config).eval()
         fusion = MultiHiddenResNetModel(vae_feature_channels(vae)).eval()
 
-    factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(vae)
     (cw, ch), (gw, gh) = size.canvas, size.guide
     h, w = ch // factor, cw // factor
     x, t = _meta(1, unet.config.in_channels, h, w), torch.tensor(500.0, device="meta")
@@ -116,7 +118,8 @@ def network_flops(size: PageSize, scale: str = "full", lora_rank: int = 64) -> d
         "fusion": _count(lambda: fusion(features, features)),
         "vae_decoder@guide": _count(lambda: vae.decode(_meta(1, vae.config.latent_channels, gh // factor, gw // factor))),
     }
-    counts.update(screenstyle_flops(size))
+    if screentone:
+        counts.update(screenstyle_flops(size))
     return counts
 
 
@@ -143,7 +146,7 @@ def chapter_flops(flops: dict[str, int], samples: dict[str, int]) -> dict[str, i
 
 
 def by_stage(chapter: dict[str, int]) -> dict[str, int]:
-    stages = dict.fromkeys(("retrieval", "icp", "gsrp"), 0)
+    stages = dict.fromkeys(STAGES, 0)
     for name, value in chapter.items():
         stages[STAGE_OF[name]] += value
     return stages
@@ -180,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
         p.error("--pages, --refs and --steps must be at least 1")
     size = parse_size(args.size)
     started = time.perf_counter()
-    per_sample = network_flops(size, args.scale)
+    per_sample = network_flops(size, args.scale, screentone=not args.no_screentone)
     report: dict = {"setting": {"pages": args.pages, "refs": args.refs, "size": str(size), "steps": args.steps,
                                 "scale": args.scale, "screentone": not args.no_screentone, "peak_tflops": args.peak},
                     "per_sample_gflop": {k: round(v / 1e9, 2) for k, v in per_sample.items()}, "modes": {}}

@@ -27,6 +27,7 @@ from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
 from colorflow_core.release import encode_clip_prompts
 from colorflow_core.sizes import PageSize
 
+MODES = ("baseline", "ours")  # run_baseline, run_ours
 STAGES = ("retrieval", "icp", "gsrp")
 
 

@@ -22,6 +22,7 @@ from benchmarks.inputs import synthetic_chapter  # noqa: E402
 from benchmarks.synthetic_release import write_release  # noqa: E402
 from colorflow_core.engine import ColorFlow, ColorizeSettings  # noqa: E402
 from colorflow_core.sizes import PageSize  # noqa: E402
+from colorflow_core.upscale import vae_scale_factor  # noqa: E402
 
 SIZE = PageSize(128, 192)
 PAGES, REFERENCES, STEPS, LORA_RANK = 2, 3, 2, 4
@@ -33,13 +34,13 @@ class NetworkFlops:
 
     def __init__(self, flow: ColorFlow, prompts: PromptEncoder) -> None:
         vae = flow.pipeline.vae
-        self.networks = {"image_encoder": flow.encoder.model, "text_encoder": prompts.text_encoder,
+        networks = {"image_encoder": flow.encoder.model, "text_encoder": prompts.text_encoder,
                          "guider": flow.pipeline.guider, "unet": flow.pipeline.unet, "fusion": flow.upscaler.fusion,
                          "vae_encoder": vae.encoder, "vae_decoder": vae.decoder, **flow.screentone.networks()}
         self.canvas_hw = SIZE.canvas[::-1]
         self.flops: Counter[str] = Counter()
         self.handles = []
-        for name, net in self.networks.items():
+        for name, net in networks.items():
             self.handles.append(net.register_forward_pre_hook(self._start, with_kwargs=True))
             self.handles.append(net.register_forward_hook(self._stop(name), with_kwargs=True))
         # quant_conv / post_quant_conv run outside encoder / decoder: count them with their side
@@ -48,7 +49,7 @@ class NetworkFlops:
         self.handles.append(vae.post_quant_conv.register_forward_pre_hook(self._start, with_kwargs=True))
         self.handles.append(vae.post_quant_conv.register_forward_hook(self._stop("vae_decoder", quant=True),
                                                                       with_kwargs=True))
-        self.factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.factor = vae_scale_factor(vae)
 
     def _start(self, module, args, kwargs):
         module._flop_counter = FlopCounterMode(display=False)
