@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"compute ratio baseline/ours {report['compute_ratio']}x; floor ratio {report['floor_ratio']}x "
           f"(counted in {time.perf_counter() - started:.1f} s)")
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"flops-{args.scale}-{size}-{args.pages}p-{args.refs}r-{args.steps}s.json"
+    tone = "-noscreentone" if args.no_screentone else ""
+    out = args.out / f"flops-{args.scale}-{size}-{args.pages}p-{args.refs}r-{args.steps}s{tone}.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"wrote {out}")
     return report

@@ -131,5 +131,8 @@ def test_the_script_writes_its_report(tmp_path: Path) -> None:
                    "--out", str(tmp_path)])
     assert report["compute_ratio"] > 1 and report["floor_ratio"] > 1
     assert len(list(tmp_path.glob("flops-tiny-*.json"))) == 1
+    main(["--pages", "2", "--refs", "3", "--size", "128x192", "--steps", "1", "--scale", "tiny", "--no-screentone",
+          "--out", str(tmp_path)])
+    assert len(list(tmp_path.glob("flops-tiny-*.json"))) == 2  # another setting, another file
     with pytest.raises(SystemExit):
         main(["--peak", "fp8=1", "--out", str(tmp_path)])
