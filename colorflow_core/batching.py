@@ -16,8 +16,9 @@ from PIL import Image
 from torch import nn
 
 from . import performance
+from .conditioning import conditioning_images, guider_conditioning
 from .errors import InputError
-from .seeding import page_seeds
+from .seeding import page_seeds, seeded_randn
 
 ProgressFn = Callable[[int, int], None]
 
@@ -69,6 +70,16 @@ class PageBatchPipeline(ABC):
     def networks(self) -> dict[str, nn.Module]:
         """Every network the pipeline runs, by name."""
 
+    @property
+    @abstractmethod
+    def latent_channels(self) -> int:
+        """Channels of the denoised latents."""
+
+    @property
+    @abstractmethod
+    def conditioning_channels(self) -> int:
+        """The guider's conditioning channels (`conditioning.CONDITIONING_CHANNELS`)."""
+
     @abstractmethod
     def prepare(self, canvases: Sequence[Image.Image], masks: Sequence[Image.Image], seeds: Sequence[int],
                 cfg: bool, generator_device: str = "cpu", init_noise_sigma: float = 1.0) -> Any:
@@ -82,6 +93,30 @@ class PageBatchPipeline(ABC):
     @property
     def vae_scale_factor(self) -> int:
         return int(self.image_processor.config.vae_scale_factor)
+
+    @torch.no_grad()
+    def prepare_pages(self, canvases: Sequence[Image.Image], masks: Sequence[Image.Image], seeds: Sequence[int],
+                      cfg: bool, generator_device: str = "cpu",
+                      init_noise_sigma: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Initial latents (B,c,h,w) and guider conditioning of a page batch, CFG-ordered:
+        (2B,C,h,w) [uncond pages..., cond pages...], or (B,C,h,w) without CFG.
+
+        Page i's initial latents and its conditioning posterior draws each come from a generator
+        seeded with its seed, as the original's generator and global RNG were after seeding."""
+        latents, cond_u, cond_c = [], [], []
+        for canvas, mask, seed in zip(canvases, masks, seeds):
+            width, height = canvas.size
+            h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+            latents.append(seeded_randn((1, self.latent_channels, h, w), seed, generator_device) * init_noise_sigma)
+            posteriors = []
+            for image in conditioning_images(canvas, self.conditioning_channels):
+                posterior = self.vae.encode(self.image_processor.preprocess(image).to(self.device, self.vae.dtype)).latent_dist
+                posteriors.append((posterior.mean, posterior.std))
+            cond = guider_conditioning(posteriors, mask, seed, self.vae.config.scaling_factor, generator_device)
+            cond_u.append(cond[0:1])
+            cond_c.append(cond[1:2])
+        conditioning = torch.cat(cond_u + cond_c) if cfg else torch.cat(cond_c)
+        return torch.cat(latents).to(self.device, self.dtype), conditioning.to(self.device, self.dtype)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "PageBatchPipeline":
         """Move (and optionally cast) the networks; prompt embeddings are cast per call."""

@@ -26,6 +26,7 @@ from diffusers.models.unets.unet_2d_blocks import (
 )
 from torch import nn
 
+from .conditioning import CONDITIONING_CHANNELS
 from .errors import InputError, WeightsError
 from .weights import load_state_dict_file, load_strict
 
@@ -181,8 +182,10 @@ class ColorGuiderSDModel(ModelMixin, ConfigMixin):
             problems.append(f"mid_block_type {args['mid_block_type']!r} (expected {_MID!r})")
         if args["brushnet_conditioning_channel_order"] not in ("rgb", "bgr"):
             problems.append(f"brushnet_conditioning_channel_order {args['brushnet_conditioning_channel_order']!r}")
-        if not isinstance(args["conditioning_channels"], int) or args["conditioning_channels"] < 1:
-            problems.append(f"conditioning_channels {args['conditioning_channels']!r}")
+        if isinstance(args["conditioning_channels"], bool) or args["conditioning_channels"] not in CONDITIONING_CHANNELS:
+            problems.append(f"conditioning_channels {args['conditioning_channels']!r} (the pipeline builds "
+                            f"{' or '.join(map(str, CONDITIONING_CHANNELS))}: canvas + mask, or canvas without "
+                            f"page + mask + page only)")
         problems += [f"{k}={args[k]!r} (only null is supported)" for k in _MUST_BE_NULL if args[k] is not None]
         if problems:
             raise WeightsError(f"unsupported {CLASS_NAME} config: " + "; ".join(problems))
@@ -206,8 +209,11 @@ class ColorGuiderSDModel(ModelMixin, ConfigMixin):
         if weights is None:
             raise WeightsError(f"guider weights not found in {folder} (expected one of {', '.join(WEIGHT_NAMES)})")
         state = load_state_dict_file(weights)
-        with torch.device("meta"):  # no random init of ~842M parameters that are overwritten anyway
-            model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        try:
+            with torch.device("meta"):  # no random init of ~842M parameters that are overwritten anyway
+                model = cls.from_config({k: v for k, v in config.items() if not k.startswith("_")})
+        except WeightsError as exc:
+            raise WeightsError(f"{config_file}: {exc}. Download {folder.name}/ of TencentARC/ColorFlow again.") from exc
         # nn.Module.to: diffusers' ModelMixin.to warns about fp32-only modules on any dtype cast, and
         # this model has none.
         model = nn.Module.to(model, dtype=dtype).to_empty(device=device)

@@ -2,8 +2,10 @@
 
 Differences from the original, all keeping a page's numbers identical to a batch-1 run of it:
 - the "manga" / "" prompt embeddings are computed once at load (§11.19); the text encoder is not kept;
-- each canvas is VAE-encoded once and its posterior sampled with two different draws, one per CFG
-  half (the original encodes two identical copies and samples both from the global RNG, §11.3/7);
+- each conditioning image (the canvas, or for a 9-channel guider the canvas without its page and
+  the page alone: `conditioning`) is VAE-encoded once and its posterior sampled with two different
+  draws, one per CFG half (the original encodes two identical copies and samples both from the
+  global RNG);
 - every random draw comes from an explicit generator seeded with ``seed + i`` for page i
   (ARCHITECTURE "Random draws"), so results do not depend on batch size or neighbours;
 - guidance ≤ 1 runs a single conditional pass (the original's batch-2 mask breaks there, §11.7).
@@ -22,25 +24,9 @@ from PIL import Image
 from .batching import PageBatchPipeline
 from .injection import inject_guider_residuals
 from .release import ReleasePaths, encode_clip_prompts, load_graysd, load_sd_base
-from .retrieval import latent_mask
-from .seeding import seeded_randn
 
 PROMPT = "manga"
 NEGATIVE_PROMPT = ""
-
-
-def guider_conditioning(mean: torch.Tensor, std: torch.Tensor, mask: Image.Image, seed: int,
-                        scaling_factor: float, generator_device: str = "cpu") -> torch.Tensor:
-    """(2,5,h,w): a page's [uncond, cond] ColorGuider conditioning (spec §5 step 5) from the canvas's
-    VAE posterior: two samples (the original's two CFG copies) × scaling factor, plus the mask channel.
-
-    The draws come from a generator seeded with the page's seed (ARCHITECTURE "Random draws").
-    """
-    h, w = mean.shape[-2:]
-    noise = seeded_randn((2, 4, h, w), seed, generator_device).to(mean.device, mean.dtype)
-    sample = (mean + std * noise) * scaling_factor
-    m = latent_mask(mask, (h, w)).to(sample.device, sample.dtype).expand(2, 1, h, w)
-    return torch.cat([sample, m], dim=1)
 
 
 @dataclass
@@ -48,7 +34,7 @@ class PreparedBatch:
     """Per-batch denoising state: latents (B,4,h,w) and the CFG-ordered guider conditioning."""
 
     latents: torch.Tensor
-    conditioning: torch.Tensor  # (2B,5,h,w) [uncond pages..., cond pages...] or (B,5,h,w) without CFG
+    conditioning: torch.Tensor  # (2B,C,h,w) [uncond pages..., cond pages...] or (B,C,h,w) without CFG
 
 
 class ColorFlowSDPipeline(PageBatchPipeline):
@@ -93,22 +79,19 @@ class ColorFlowSDPipeline(PageBatchPipeline):
 
     # ---- the stages, public so tests can drive single steps ----
 
-    @torch.no_grad()
+    @property
+    def latent_channels(self) -> int:
+        return int(self.unet.config.in_channels)
+
+    @property
+    def conditioning_channels(self) -> int:
+        """5 ([canvas, mask]) or 9 ([canvas without page, mask, page only]), from the guider's config."""
+        return int(self.guider.config.conditioning_channels)
+
     def prepare(self, canvases: Sequence[Image.Image], masks: Sequence[Image.Image], seeds: Sequence[int],
                 cfg: bool, generator_device: str = "cpu", init_noise_sigma: float = 1.0) -> PreparedBatch:
-        """Initial latents and 5-channel conditioning of a page batch (spec §5 steps 1-5)."""
-        latents, cond_u, cond_c = [], [], []
-        for canvas, mask, seed in zip(canvases, masks, seeds):
-            pixels = self.image_processor.preprocess(canvas.convert("RGB")).to(self.device, self.vae.dtype)
-            h, w = pixels.shape[-2] // self.vae_scale_factor, pixels.shape[-1] // self.vae_scale_factor
-            latents.append(seeded_randn((1, 4, h, w), seed, generator_device) * init_noise_sigma)
-            posterior = self.vae.encode(pixels).latent_dist
-            cond = guider_conditioning(posterior.mean, posterior.std, mask, seed, self.vae.config.scaling_factor,
-                                       generator_device)
-            cond_u.append(cond[0:1])
-            cond_c.append(cond[1:2])
-        conditioning = torch.cat(cond_u + cond_c) if cfg else torch.cat(cond_c)
-        return PreparedBatch(torch.cat(latents).to(self.device, self.dtype), conditioning.to(self.device, self.dtype))
+        """Initial latents and guider conditioning of a page batch (`PageBatchPipeline.prepare_pages`)."""
+        return PreparedBatch(*self.prepare_pages(canvases, masks, seeds, cfg, generator_device, init_noise_sigma))
 
     @torch.no_grad()
     def step(self, scheduler: UniPCMultistepScheduler, t: torch.Tensor, batch: PreparedBatch,

@@ -27,13 +27,12 @@ from PIL import Image
 from torch import nn
 
 from .batching import PageBatchPipeline, move
+from .conditioning import SPLIT_CANVAS
 from .errors import InputError, WeightsError
 from .guider_pixart import ColorGuiderPixArtModel
 from .lora import PIXART_LORA_TARGETS, infer_lora_rank, inject_lora, merge_lora
 from .pipeline import NEGATIVE_PROMPT, PROMPT
 from .release import PIXART_STYLES
-from .retrieval import latent_mask
-from .seeding import page_generator, seeded_randn
 from .weights import load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -165,17 +164,6 @@ def encode_manga_prompt(text_encoder: nn.Module, tokenizer: Any, max_sequence_le
 # The pipeline (§6)
 
 
-def split_canvas(canvas: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """image_A: the canvas with its centre W x H page blacked out; image_B: black with only the page."""
-    width, height = canvas.size[0] // 2, canvas.size[1] // 2
-    box = (width // 2, height // 2, width // 2 + width, height // 2 + height)
-    image_a = canvas.copy()
-    image_a.paste((0, 0, 0), box)
-    image_b = Image.new("RGB", canvas.size, (0, 0, 0))
-    image_b.paste(canvas.crop(box), box[:2])
-    return image_a, image_b
-
-
 @dataclass
 class PixArtBatch:
     """Per-batch denoising state: latents (B,4,h,w), CFG-ordered 9-channel conditioning and micro-conditions."""
@@ -206,8 +194,13 @@ class ColorFlowPixArtPipeline(PageBatchPipeline):
         return {"vae": self.vae, "guider": self.guider, "transformer": self.transformer}  # in the order a page uses them
 
     @property
-    def _latent_channels(self) -> int:
+    def latent_channels(self) -> int:
         return int(self.transformer.config.in_channels)
+
+    @property
+    def conditioning_channels(self) -> int:
+        """Always [image_A (4), mask (1), image_B (4)]: the PixArt pipeline of the original has no other layout."""
+        return SPLIT_CANVAS
 
     def micro_conditions(self, canvas_size: tuple[int, int], batch: int) -> dict[str, torch.Tensor]:
         """`resolution` = (2H, 2W) and `aspect_ratio` = 2H/2W of the canvas, one row per batch entry."""
@@ -216,32 +209,11 @@ class ColorFlowPixArtPipeline(PageBatchPipeline):
         aspect_ratio = torch.tensor([[float(height / width)]]).repeat(batch, 1)
         return {"resolution": resolution.to(self.device, self.dtype), "aspect_ratio": aspect_ratio.to(self.device, self.dtype)}
 
-    @torch.no_grad()
     def prepare(self, canvases: Sequence[Image.Image], masks: Sequence[Image.Image], seeds: Sequence[int],
                 cfg: bool, generator_device: str = "cpu", init_noise_sigma: float = 1.0) -> PixArtBatch:
-        """Initial latents and 9-channel conditioning [image_A (4), mask (1), image_B (4)] (§6 steps 3-4)."""
-        latents, cond_u, cond_c = [], [], []
-        scale = self.vae.config.scaling_factor
-        for canvas, mask, seed in zip(canvases, masks, seeds):
-            width, height = canvas.size
-            h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-            latents.append(seeded_randn((1, self._latent_channels, h, w), seed, generator_device) * init_noise_sigma)
-            posterior_noise = page_generator(seed, generator_device)  # the original's global RNG
-            halves = []
-            for image in split_canvas(canvas.convert("RGB")):
-                pixels = self.image_processor.preprocess(image).to(self.device, self.vae.dtype)
-                posterior = self.vae.encode(pixels).latent_dist
-                noise = torch.randn((2, *posterior.mean.shape[1:]), generator=posterior_noise,
-                                    device=generator_device, dtype=torch.float32)
-                halves.append((posterior.mean + posterior.std * noise.to(self.device, posterior.mean.dtype)) * scale)
-            m = latent_mask(mask, (h, w)).to(self.device, halves[0].dtype).expand(2, 1, h, w)
-            cond = torch.cat([halves[0], m, halves[1]], dim=1)
-            cond_u.append(cond[0:1])
-            cond_c.append(cond[1:2])
-        conditioning = torch.cat(cond_u + cond_c) if cfg else torch.cat(cond_c)
-        rows = conditioning.shape[0]
-        return PixArtBatch(torch.cat(latents).to(self.device, self.dtype), conditioning.to(self.device, self.dtype),
-                           self.micro_conditions(canvases[0].size, rows))
+        """Initial latents, 9-channel conditioning (`PageBatchPipeline.prepare_pages`) and micro-conditions."""
+        latents, conditioning = self.prepare_pages(canvases, masks, seeds, cfg, generator_device, init_noise_sigma)
+        return PixArtBatch(latents, conditioning, self.micro_conditions(canvases[0].size, conditioning.shape[0]))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, t: torch.Tensor, conditioning: torch.Tensor | None,
@@ -270,8 +242,8 @@ class ColorFlowPixArtPipeline(PageBatchPipeline):
         if cfg:
             out_u, out_c = out.chunk(2)
             out = out_u + guidance_scale * (out_c - out_u)
-        if out.shape[1] == 2 * self._latent_channels:  # learned sigma: dropped after guidance, as upstream
-            out = out[:, : self._latent_channels]
+        if out.shape[1] == 2 * self.latent_channels:  # learned sigma: dropped after guidance, as upstream
+            out = out[:, : self.latent_channels]
         batch.latents = scheduler.step(out, t, batch.latents, return_dict=False)[0]
         return batch.latents
 
@@ -285,6 +257,8 @@ def check_guider_fits(guider: ColorGuiderPixArtModel, transformer: PixArtTransfo
                         f"{t.num_attention_heads * t.attention_head_dim}")
     if g.in_channels != t.in_channels or g.patch_size != t.patch_size:
         problems.append(f"latent channels/patch {g.in_channels}/{g.patch_size} vs {t.in_channels}/{t.patch_size}")
+    if g.cond_channels != SPLIT_CANVAS:
+        problems.append(f"{g.cond_channels} conditioning channels (the PixArt pipeline builds {SPLIT_CANVAS})")
     if guider.num_controls > len(transformer.transformer_blocks):
         problems.append(f"{guider.num_controls} guider blocks for {len(transformer.transformer_blocks)} transformer blocks")
     if problems:

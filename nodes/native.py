@@ -6,6 +6,8 @@ any LoraLoader chain) is patched instead, so KSampler, ControlNetApply and style
 * the ColorGuider runs once per UNet evaluation inside a ``DIFFUSION_MODEL`` wrapper, which sees
   exactly what ComfyUI's UNet sees (``c_in * x`` and ``model_sampling.timestep(sigma)``) and the
   CFG layout (``transformer_options["cond_or_uncond"]``, each chunk holding every page in order);
+* its conditioning is that of the self-contained pipeline (`colorflow_core.conditioning`: 5 or 9
+  channels, as the guider's config says), encoded by the graph's VAE;
 * its 12 down / 1 mid / 15 up residuals (spec §7.2) enter through ComfyUI's block patches:
   down 0 after the first skip was saved (``input_block_patch_after_skip``), down 1..11 before the
   skip is saved (``input_block_patch``), mid and each output block's last residual at the start of
@@ -29,10 +31,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from PIL import Image
 
+from colorflow_core.conditioning import conditioning_images, guider_conditioning
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.guider import ColorGuiderSDModel, GuiderResiduals
 from colorflow_core.lora_convert import unet_lora_to_kohya
-from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT, guider_conditioning
+from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
 from colorflow_core.seeding import page_seeds
 from colorflow_core.weights import load_state_dict_file
 
@@ -137,12 +140,14 @@ def _added(h: torch.Tensor, residual: torch.Tensor, where: str) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 
 def conditioning_latents(vae: Any, canvases: Sequence[Image.Image], masks: Sequence[Image.Image],
-                         seeds: Sequence[int], scale_factor: float) -> torch.Tensor:
-    """(P, 2, 5, h, w): per page its [uncond, cond] guider conditioning.
+                         seeds: Sequence[int], scale_factor: float, channels: int) -> torch.Tensor:
+    """(P, 2, channels, h, w): per page its [uncond, cond] guider conditioning.
 
-    VAE posterior sample × scale factor, then the mask channel. As in the self-contained pipeline,
-    page i's two CFG copies take the draws ``randn((2,4,h,w))`` of a generator seeded with seed + i
-    (ARCHITECTURE "Random draws"), so a page's conditioning never depends on its batch.
+    The images a guider of ``channels`` takes (`conditioning.conditioning_images`: the canvas, or
+    the canvas without its page and the page alone) are encoded by ComfyUI's VAE; their posterior
+    samples × scale factor and the mask channel are stacked as in the self-contained pipeline, with
+    page i's draws from a generator seeded with seed + i (ARCHITECTURE "Random draws"), so a page's
+    conditioning never depends on its batch.
     """
     _require_comfy()
     first_stage = getattr(vae, "first_stage_model", None)
@@ -153,13 +158,15 @@ def conditioning_latents(vae: Any, canvases: Sequence[Image.Image], masks: Seque
     model_management.load_models_gpu([vae.patcher])
     out = []
     for canvas, mask, seed in zip(canvases, masks, seeds):
-        pixels = tensor_from_images([canvas.convert("RGB")]).movedim(-1, 1)
-        with torch.no_grad():
-            x = vae.process_input(pixels).to(vae.device, vae.vae_dtype)
-            moments = first_stage.quant_conv(first_stage.encoder(x)).float().cpu()
-        mean, logvar = moments.chunk(2, dim=1)
-        std = torch.exp(0.5 * logvar.clamp(-30.0, 20.0))
-        out.append(guider_conditioning(mean, std, mask, seed, scale_factor))
+        posteriors = []
+        for image in conditioning_images(canvas, channels):
+            pixels = tensor_from_images([image]).movedim(-1, 1)
+            with torch.no_grad():
+                x = vae.process_input(pixels).to(vae.device, vae.vae_dtype)
+                moments = first_stage.quant_conv(first_stage.encoder(x)).float().cpu()
+            mean, logvar = moments.chunk(2, dim=1)
+            posteriors.append((mean, torch.exp(0.5 * logvar.clamp(-30.0, 20.0))))
+        out.append(guider_conditioning(posteriors, mask, seed, scale_factor))
     return torch.stack(out)
 
 
@@ -367,7 +374,8 @@ def load_native_release(folder: str | os.PathLike, dtype: torch.dtype | None = N
         raise WeightsError(f"ColorFlow LoRA not found: {lora_file} (download GraySD/ of TencentARC/ColorFlow)")
     dtype = dtype or model_management.unet_dtype()
     guider = ColorGuiderSDModel.from_release_folder(gray, dtype=dtype, device=model_management.unet_offload_device())
-    return NativeRelease(make_guider_patcher(guider), unet_lora_to_kohya(load_state_dict_file(lora_file)), str(folder))
+    lora = unet_lora_to_kohya(load_state_dict_file(lora_file))
+    return NativeRelease(make_guider_patcher(guider), lora, str(folder))
 
 
 def _contexts(context: Any) -> list[Any]:
@@ -445,8 +453,9 @@ class ColorFlowApply:
             if p.retrieval.mask.size != p.retrieval.canvas.size:
                 raise InputError(f"page {p.name!r}: mask {p.retrieval.mask.size} and canvas {p.retrieval.canvas.size} differ")
         scale = model.get_model_object("latent_format").scale_factor
+        channels = colorflow_release.guider.model.guider.config.conditioning_channels
         cond = conditioning_latents(vae, [p.retrieval.canvas for p in pages], [p.retrieval.mask for p in pages],
-                                    page_seeds(seed, len(pages)), scale)
+                                    page_seeds(seed, len(pages)), scale, channels)
         patched = patch_model(model, colorflow_release.guider, cond, strength=guider_strength,
                               kohya_lora=colorflow_release.lora, lora_strength=lora_strength,
                               start_percent=start_percent, end_percent=end_percent)

@@ -260,3 +260,26 @@ def test_every_option_has_help_and_shows_its_default() -> None:
     for phrase in ("denoising steps (1-200, default 10)", "uses seed + i", "default 7.5 for screenstyle, 4.5",
                    "(1-3, default 3)", "default OUT/.colorflow/pool_cache"):
         assert phrase in help_text
+
+
+def test_sd9_release_runs_through_the_cli(inputs, tmp_path, capsys) -> None:
+    """A release whose GraySD/ guider has 9 conditioning channels colours every page (before the
+    9-channel conditioning existed, it loaded and then failed at the first denoising step)."""
+    release9 = write_release(tmp_path / "release_sd9", guider_channels=9)
+    pages, refs = inputs
+    out = tmp_path / "out"
+    assert cli.main(_args(release9, pages, refs, out)) == 0
+    assert "done: 3 page(s) written, 0 skipped" in capsys.readouterr().err
+    for name in PAGE_NAMES:
+        assert Image.open(out / f"{Path(name).stem}.png").size == (96, 96)
+
+
+def test_a_guider_of_another_channel_count_is_refused_before_any_page(inputs, tmp_path, capsys) -> None:
+    release = write_release(tmp_path / "release_sd7")
+    config = release / "GraySD" / "config.json"
+    config.write_text(config.read_text().replace('"conditioning_channels": 5', '"conditioning_channels": 7'))
+    pages, refs = inputs
+    assert cli.main(_args(release, pages, refs, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert f"error: {config}: " in err and "conditioning_channels 7" in err and "Traceback" not in err
+    assert not list((tmp_path / "out").glob("*.png"))

@@ -22,6 +22,7 @@ import comfy.samplers  # noqa: E402
 import comfy.sd  # noqa: E402
 from diffusers import UNet2DConditionModel  # noqa: E402
 
+from colorflow_core.errors import InputError  # noqa: E402
 from colorflow_core.guider import ColorGuiderSDModel  # noqa: E402
 from colorflow_core.injection import inject_guider_residuals  # noqa: E402
 from colorflow_core.lora import SD_UNET_LORA_TARGETS, add_lora_adapter, remove_lora  # noqa: E402
@@ -49,6 +50,7 @@ def case():
     inputs = {
         "noise": torch.randn((PAGES, 4, H, W), generator=g),
         "cond": torch.randn((PAGES, 2, 5, H, W), generator=g),  # [uncond, cond] per page
+        "cond9": torch.randn((PAGES, 2, 9, H, W), generator=g),  # the same for a 9-channel guider
         "positive": torch.randn((1, 77, 768), generator=g),
         "negative": torch.randn((1, 77, 768), generator=g),
         "sigma": sigma,
@@ -56,6 +58,14 @@ def case():
     unet = fill_random(_meta_built(UNet2DConditionModel, cross_attention_dim=768), seed=1)
     base_state = dict(unet.state_dict())
     guider = fill_random(_meta_built(ColorGuiderSDModel), seed=2)
+    # A 9-channel guider differs only in conv_in_condition's input channels: it shares every other
+    # tensor with the 5-channel one (no second full-size copy in memory).
+    with torch.device("meta"):
+        guider9 = ColorGuiderSDModel(conditioning_channels=9)
+    conv_in = guider.conv_in_condition.weight
+    guider9.load_state_dict(dict(guider.state_dict(), **{"conv_in_condition.weight": torch.randn(
+        conv_in.shape[0], 4 + 9, *conv_in.shape[2:], generator=g) * conv_in.std()}), assign=True)
+    guider9.eval()
 
     add_lora_adapter(unet, rank=RANK, alpha=RANK, target_modules=SD_UNET_LORA_TARGETS)
     lora = {k: v for k, v in unet.state_dict().items() if ".lora_" in k}
@@ -67,18 +77,21 @@ def case():
     x = sigma * inputs["noise"]  # the sampler's start from an all-zero latent: noise * sigma
     x_in = torch.cat([x, x]) / (sigma ** 2 + 1) ** 0.5  # ComfyUI's c_in * x = diffusers' scaled input
     text = torch.cat([inputs["negative"]] * PAGES + [inputs["positive"]] * PAGES)
-    cond = torch.cat([inputs["cond"][:, 0], inputs["cond"][:, 1]])
 
-    def noise_pred(with_guider: bool) -> torch.Tensor:
+    def noise_pred(with_guider: ColorGuiderSDModel | None, page_cond: torch.Tensor | None = None) -> torch.Tensor:
         """(2P,4,h,w) [negative-prompt pages, positive-prompt pages], as the original's CFG batch."""
         with torch.no_grad():
-            residuals = guider(x_in, T, cond, conditioning_scale=STRENGTH) if with_guider else None
+            residuals = None
+            if with_guider is not None:
+                cond = torch.cat([page_cond[:, 0], page_cond[:, 1]])
+                residuals = with_guider(x_in, T, cond, conditioning_scale=STRENGTH)
             with inject_guider_residuals(unet, residuals):
                 return unet(x_in, T, encoder_hidden_states=text).sample
 
-    refs = {"colorflow": noise_pred(True), "lora_only": noise_pred(False)}
+    refs = {"colorflow": noise_pred(guider, inputs["cond"]), "colorflow9": noise_pred(guider9, inputs["cond9"]),
+            "lora_only": noise_pred(None)}
     remove_lora(unet)
-    refs["plain"] = noise_pred(False)
+    refs["plain"] = noise_pred(None)
     del unet
     gc.collect()
 
@@ -87,7 +100,7 @@ def case():
     gc.collect()
     assert type(comfy_model.model.model_config).__name__ == "SD15"
     yield {"inputs": inputs, "refs": refs, "model": comfy_model, "guider": make_guider_patcher(guider),
-           "lora": unet_lora_to_kohya(lora)}
+           "guider9": make_guider_patcher(guider9), "lora": unet_lora_to_kohya(lora)}
 
 
 def _one_step(model, inputs) -> torch.Tensor:
@@ -122,6 +135,18 @@ def test_patched_model_equals_diffusers_guider_and_lora(case):
     assert (refs["colorflow"] - refs["lora_only"]).abs().max() > 100 * TOL
     assert (refs["lora_only"] - refs["plain"]).abs().max() > 100 * TOL
     assert (got - refs["colorflow"]).abs().max().item() <= TOL
+
+
+def test_sd9_patched_model_equals_diffusers_guider_and_lora(case):
+    """The same with a 9-channel guider ([canvas without page, mask, page only] conditioning)."""
+    patched = patch_model(case["model"], case["guider9"], case["inputs"]["cond9"], strength=STRENGTH,
+                          kohya_lora=case["lora"], lora_strength=1.0)
+    got = _one_step(patched, case["inputs"])
+    refs = case["refs"]
+    assert (refs["colorflow9"] - refs["colorflow"]).abs().max() > 100 * TOL  # a different guider, a different result
+    assert (got - refs["colorflow9"]).abs().max().item() <= TOL
+    with pytest.raises(InputError, match=r"\(pages, 2, 9, h, w\)"):  # 5-channel conditioning for a 9-channel guider
+        patch_model(case["model"], case["guider9"], case["inputs"]["cond"])
 
 
 def test_unpatched_comfy_model_equals_diffusers_unet(case):

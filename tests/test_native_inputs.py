@@ -48,7 +48,7 @@ def test_bad_numbers_are_refused(kwargs, message):
 
 def test_a_vae_other_than_sd15s_is_refused():
     with pytest.raises(InputError, match="SD1.5 VAE"):
-        conditioning_latents(SimpleNamespace(latent_channels=16), [], [], [], 0.18215)
+        conditioning_latents(SimpleNamespace(latent_channels=16), [], [], [], 0.18215, 5)
 
 
 def _wrapper(pages: int = 2, h: int = 4, w: int = 6) -> _GuiderWrapper:
@@ -77,13 +77,16 @@ def test_latent_size_and_page_count_mismatches_are_refused():
 
 
 @pytest.mark.slow
-def test_conditioning_latents_equal_the_diffusers_posterior_sample():
-    """ComfyUI's VAE gives the guider what our pipeline gives it: (mean + std · randn(seed + i)) · 0.18215 + mask."""
+@pytest.mark.parametrize("channels", [5, 9], ids=["sd5_whole_canvas", "sd9_split_canvas"])
+def test_conditioning_latents_equal_the_diffusers_posterior_sample(channels):
+    """ComfyUI's VAE gives the guider what our pipeline gives it: per conditioning image
+    (mean + std · randn(seed + i), drawn in image order) · 0.18215, with the mask after the first."""
     import comfy.sd
     import numpy as np
     from diffusers import AutoencoderKL
     from PIL import Image
 
+    from colorflow_core.conditioning import split_canvas
     from colorflow_core.retrieval import canvas_mask, latent_mask
     from colorflow_core.sizes import PageSize
     from tests.native_support import fill_random
@@ -95,15 +98,17 @@ def test_conditioning_latents_equal_the_diffusers_posterior_sample():
     g = torch.Generator().manual_seed(5)
     canvases = [Image.fromarray((torch.rand(*size.canvas[::-1], 3, generator=g) * 255).byte().numpy()) for _ in range(2)]
     masks = [canvas_mask(size)] * 2
-    got = conditioning_latents(comfy_vae, canvases, masks, [10, 11], 0.18215)
+    got = conditioning_latents(comfy_vae, canvases, masks, [10, 11], 0.18215, channels)
 
     h, w = size.latent
-    assert got.shape == (2, 2, 5, h, w)
+    assert got.shape == (2, 2, channels, h, w)
     for i, canvas in enumerate(canvases):
-        pixels = torch.from_numpy(np.asarray(canvas, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        with torch.no_grad():
-            posterior = vae.encode(pixels * 2 - 1).latent_dist
-        noise = torch.randn((2, 4, h, w), generator=torch.Generator().manual_seed(10 + i))
-        expected = torch.cat([(posterior.mean + posterior.std * noise) * 0.18215,
-                              latent_mask(masks[i], (h, w)).expand(2, 1, h, w)], dim=1)
+        draws = torch.Generator().manual_seed(10 + i)
+        samples = []
+        for image in ([canvas] if channels == 5 else split_canvas(canvas)):
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            with torch.no_grad():
+                posterior = vae.encode(pixels * 2 - 1).latent_dist
+            samples.append((posterior.mean + posterior.std * torch.randn((2, 4, h, w), generator=draws)) * 0.18215)
+        expected = torch.cat([samples[0], latent_mask(masks[i], (h, w)).expand(2, 1, h, w), *samples[1:]], dim=1)
         assert (got[i] - expected).abs().max().item() <= 1e-4

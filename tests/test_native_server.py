@@ -135,3 +135,20 @@ def test_context_of_another_page_count_is_refused_by_crop_and_upscale(server, de
     error = _error(server.run(prompt))
     assert error["exception_type"] == "colorflow_core.errors.InputError"
     assert error["exception_message"].startswith("ColorFlow Crop and Upscale: 2 decoded canvases for a context of 1 pages")
+
+
+def test_sd9_release_runs_the_native_workflow(server, definitions):
+    """A release whose GraySD/ guider has 9 conditioning channels runs through ColorFlow Apply and the
+    server's KSampler, and its guider acts (its pages differ from the 5-channel release's)."""
+    from tests.native_tiny import DIFFUSERS_UNET, LORA_RANK, write_graysd
+
+    write_graysd(server.base / "models" / "colorflow" / "native_tiny_sd9", DIFFUSERS_UNET, seed=16,
+                 lora_rank=LORA_RANK, guider_channels=9)
+    info = server.get("/object_info")  # the release list as it is now
+    fresh = {k: {"input": v["input"], "output": tuple(v["output"])} for k, v in info.items()}
+    five = _run_images(server, _prompt(server, fresh))["colorflow/manga_native"]
+    prompt = to_api(load_workflow(WORKFLOW), fresh,
+                    {**_tiny_overrides(server.names), ("ColorFlowNativeLoader", "release"): "native_tiny_sd9"})
+    nine = _run_images(server, prompt)["colorflow/manga_native"]
+    assert [p.size for p in nine] == [HIRES] * 2
+    assert any(a.tobytes() != b.tobytes() for a, b in zip(nine, five))

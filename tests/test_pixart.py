@@ -16,7 +16,6 @@ from colorflow_core.pixart import (
     encode_manga_prompt,
     inject_pixart_controls,
     load_pixart_style,
-    split_canvas,
 )
 from colorflow_core.retrieval import canvas_mask
 from colorflow_core.sizes import PageSize
@@ -191,18 +190,6 @@ def test_no_cache_and_no_t5(release, tmp_path):
 
 
 # ---- the pipeline ----
-
-def test_split_canvas():
-    canvas = _canvas(0)
-    a, b = split_canvas(canvas)
-    arr, arr_a, arr_b = (np.asarray(i) for i in (canvas, a, b))
-    W, H = SIZE.width, SIZE.height
-    centre = (slice(H // 2, H // 2 + H), slice(W // 2, W // 2 + W))
-    assert (arr_a[centre] == 0).all() and (arr_b[centre] == arr[centre]).all()
-    outside = np.ones(arr.shape[:2], bool)
-    outside[centre] = False
-    assert (arr_a[outside] == arr[outside]).all() and (arr_b[outside] == 0).all()
-
 
 def test_page_result_does_not_depend_on_the_batch(pipe):
     canvases, mask = [_canvas(1), _canvas(2)], canvas_mask(SIZE)

@@ -35,6 +35,7 @@ def write_release(
     lora_rank: int | None = None,
     screentone: bool = False,
     line_extractor: bool = False,
+    guider_channels: int = 5,
 ) -> Path:
     """Write a release for ``styles`` under ``root`` and return ``root``.
 
@@ -42,7 +43,8 @@ def write_release(
     scale's VAE) and `image_encoder/`; screenstyle adds `base/` (SD1.5) and the `GraySD/` guider and
     LoRA; sketch / shading add their folders and `pixart_base/`. ``screentone`` (`ScreenStyle/`)
     and ``line_extractor`` (`LE/erika.pth`) are off by default: they are 100-170 MB at any scale.
-    ``lora_rank`` None: `DEFAULT_LORA_RANK`.
+    ``lora_rank`` None: `DEFAULT_LORA_RANK`. ``guider_channels``: the `GraySD/` guider's
+    conditioning channels (5 or 9).
     """
     if scale not in SCALES:
         raise InputError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
@@ -52,7 +54,7 @@ def write_release(
     root = Path(root)
     ranks = DEFAULT_LORA_RANK[scale]
     if "screenstyle" in styles:
-        write_sd_release(root, scale, seed, lora_rank or ranks["sd"])
+        write_sd_release(root, scale, seed, lora_rank or ranks["sd"], guider_channels)
     else:
         write_image_encoder(root, scale, seed + 20)
     vae_channels = model_config("vae", scale)["block_out_channels"]

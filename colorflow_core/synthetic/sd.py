@@ -158,15 +158,17 @@ def write_graysd(
     scale: str = "tiny",
     seed: int = 0,
     lora_rank: int = 4,
+    guider_channels: int = 5,
 ) -> Path:
     """`<folder>/GraySD/`: config.json + diffusion_pytorch_model.bin (guider) + unet_lora.bin.
 
     ``unet_config`` is the base UNet's (default: the ``scale`` one); the guider mirrors it.
+    ``guider_channels``: its conditioning channels, 5 or 9 (nobody outside knows the release's).
     """
     unet_config = dict(unet_config) if unet_config is not None else model_config("unet", scale)
     out = Path(folder) / "GraySD"
     with torch.device("meta"):
-        guider = ColorGuiderSDModel.from_config(guider_config_from_unet(unet_config))
+        guider = ColorGuiderSDModel.from_config(guider_config_from_unet(unet_config, guider_channels))
     out.mkdir(parents=True, exist_ok=True)
     guider.save_config(out)
     _pickle(random_state_dict(guider, seed), out / "diffusion_pytorch_model.bin")
@@ -183,7 +185,8 @@ def write_image_encoder(folder: str | os.PathLike, scale: str = "tiny", seed: in
     return out
 
 
-def write_sd_release(root: str | os.PathLike, scale: str = "tiny", seed: int = 0, lora_rank: int = 4) -> Path:
+def write_sd_release(root: str | os.PathLike, scale: str = "tiny", seed: int = 0, lora_rank: int = 4,
+                     guider_channels: int = 5) -> Path:
     """`<root>/base/` (the SD1.5 base) plus the release's `GraySD/` and `image_encoder/` under ``root``.
 
     Without the GSRP fusion net and the preprocessing networks: `synthetic.write_release` composes
@@ -191,6 +194,6 @@ def write_sd_release(root: str | os.PathLike, scale: str = "tiny", seed: int = 0
     """
     root = Path(root)
     write_sd_base(root / "base", scale, seed)
-    write_graysd(root, model_config("unet", scale), scale, seed + 10, lora_rank)
+    write_graysd(root, model_config("unet", scale), scale, seed + 10, lora_rank, guider_channels)
     write_image_encoder(root, scale, seed + 20)
     return root
