@@ -66,7 +66,7 @@ class PromptEncoder:
         from transformers import CLIPTextModel, CLIPTokenizer
 
         base = Path(base)
-        self.text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", dtype=dtype).to(device).eval()
+        self.text_encoder = CLIPTextModel.from_pretrained(base / "text_encoder", torch_dtype=dtype).to(device).eval()
         self.tokenizer = CLIPTokenizer.from_pretrained(base / "tokenizer")
 
     def set_prompts(self, flow: ColorFlow) -> None:

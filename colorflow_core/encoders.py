@@ -153,7 +153,7 @@ class CLIPImageEncoder(_TorchEncoder):
                 f"image_encoder/ folder"
             )
         try:
-            model = CLIPVisionModelWithProjection.from_pretrained(str(folder), dtype=dtype)
+            model = CLIPVisionModelWithProjection.from_pretrained(str(folder), torch_dtype=dtype)
         except Exception as exc:  # missing/corrupt weights, wrong architecture
             raise WeightsError(f"could not load the CLIP image encoder from {folder}: {exc}") from exc
         return cls(model, device=device, dtype=dtype, batch_size=batch_size)

@@ -12,8 +12,7 @@ import re
 from typing import Iterable, Mapping
 
 import torch
-from peft import LoraConfig
-from peft.functional import inject_adapter_in_model
+from peft import LoraConfig, inject_adapter_in_model  # top-level since peft 0.13; peft.functional is newer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 

@@ -218,6 +218,7 @@ def _accelerate():
 def _group_offload_class() -> type:
     """accelerate's `CpuOffload` that first sends the rest of its group back to the CPU."""
     from accelerate.hooks import CpuOffload
+    from accelerate.utils import send_to_device
 
     class GroupCpuOffload(CpuOffload):
         def __init__(self, execution_device: torch.device, group: Sequence[nn.Module]) -> None:
@@ -225,10 +226,14 @@ def _group_offload_class() -> type:
             self.group = group
 
         def pre_forward(self, module: nn.Module, *args, **kwargs):
+            # The move itself is done here, not by CpuOffload.pre_forward: older accelerate (0.30) moves
+            # a module even when it is already on the device; skipping that here gives the same moves with all.
             for other in self.group:
                 if other is not module and next(other.parameters()).device == self.execution_device:
                     other.to("cpu")
-            return super().pre_forward(module, *args, **kwargs)
+            if next(module.parameters()).device != self.execution_device:
+                module.to(self.execution_device)
+            return send_to_device(args, self.execution_device), send_to_device(kwargs, self.execution_device)
 
     return GroupCpuOffload
 

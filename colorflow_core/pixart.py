@@ -344,7 +344,7 @@ def load_prompt_cache(style_folder: Path, base_folder: Path, save_to: Path,
     from transformers import AutoTokenizer, T5EncoderModel
 
     tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, base_folder / "tokenizer")
-    text_encoder = _from_pretrained(T5EncoderModel.from_pretrained, base_folder / "text_encoder", dtype=dtype)
+    text_encoder = _from_pretrained(T5EncoderModel.from_pretrained, base_folder / "text_encoder", torch_dtype=dtype)
     prompt = encode_manga_prompt(text_encoder.to(device).eval(), tokenizer)
     del text_encoder
     prompt.check_for(transformer, base_folder / "text_encoder")

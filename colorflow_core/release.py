@@ -178,12 +178,26 @@ class ReleasePaths:
             )
 
 
+@contextlib.contextmanager
+def _hub_progress_bars_off():
+    """huggingface_hub's progress bars off for the block, then as before (its `disable_progress_bars()`
+    is a context manager only in newer releases; the plain calls work in every one)."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    was_disabled = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not was_disabled:
+            enable_progress_bars()
+
+
 def _hub_snapshot(repo: str, patterns: list[str] | None, *, download: bool, progress: bool) -> Path | None:
     """The hub snapshot folder of ``repo`` from the cache (or downloaded); None when not cached."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.utils import disable_progress_bars
 
-    quiet = contextlib.nullcontext() if progress else disable_progress_bars()
+    quiet = contextlib.nullcontext() if progress else _hub_progress_bars_off()
     try:
         with quiet:
             return Path(snapshot_download(repo, allow_patterns=patterns, local_files_only=not download))
@@ -299,12 +313,22 @@ def _load_sd_folder(folder: Path, dtype: torch.dtype, device: str | torch.device
     unet = _load_part(folder / "unet", lambda: UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=dtype))
     vae = _load_part(folder / "vae", lambda: AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=dtype))
     text_encoder = _load_part(folder / "text_encoder",
-                              lambda: CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=dtype))
+                              lambda: CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=dtype))
     tokenizer = _load_part(folder / "tokenizer", lambda: CLIPTokenizer.from_pretrained(folder / "tokenizer"))
     scheduler_config = _load_part(folder / "scheduler",
                                   lambda: json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
     return SDBase(unet.to(device).eval(), vae.to(device).eval(), text_encoder.to(device).eval(), tokenizer,
                   scheduler_config)
+
+
+def _all_weights_loaded(pipe: Any) -> Any:
+    """``pipe``, after checking that the file filled every weight: diffusers 0.32 leaves weights that
+    a single file lacks on the meta device instead of raising as later releases do."""
+    missing = [f"{part}.{name}" for part in ("unet", "vae", "text_encoder")
+               for name, p in getattr(pipe, part).named_parameters() if p.is_meta]
+    if missing:
+        raise ValueError(f"{len(missing)} weights missing from the file, e.g. {', '.join(missing[:3])}")
+    return pipe
 
 
 def _load_sd_single_file(file: Path, config: Path | None, dtype: torch.dtype, device: str | torch.device) -> SDBase:
@@ -318,9 +342,9 @@ def _load_sd_single_file(file: Path, config: Path | None, dtype: torch.dtype, de
             f"found offline. Download the small config files of {SD15_REPO} once (model_index.json, */*.json, "
             f"tokenizer/) or pass a diffusers-layout SD1.5 folder as the base instead."
         )
-    pipe = _load_part(file, lambda: StableDiffusionPipeline.from_single_file(
+    pipe = _load_part(file, lambda: _all_weights_loaded(StableDiffusionPipeline.from_single_file(
         str(file), config=str(config), local_files_only=True, torch_dtype=dtype,
-        safety_checker=None, requires_safety_checker=False))
+        safety_checker=None, requires_safety_checker=False)))
     return SDBase(pipe.unet.to(device).eval(), pipe.vae.to(device).eval(), pipe.text_encoder.to(device).eval(),
                   pipe.tokenizer, dict(pipe.scheduler.config))
 
