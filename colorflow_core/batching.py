@@ -17,7 +17,8 @@ from torch import nn
 
 from . import performance
 from .conditioning import conditioning_images, guider_conditioning
-from .errors import InputError
+from .errors import InputError, NumericalError
+from .finite import check_finite
 from .seeding import page_seeds, seeded_randn
 
 ProgressFn = Callable[[int, int], None]
@@ -184,6 +185,12 @@ class PageBatchPipeline(ABC):
                 done += len(idx)
                 if progress is not None:
                     progress(done, total)
-            images = self.decode(batch.latents).permute(0, 2, 3, 1).cpu().numpy()
+            try:  # NaN would become black pixels: fail the pages instead (finite.check_finite)
+                check_finite(batch.latents, "in-context colorization (the denoised latents)", self.dtype)
+                decoded = self.decode(batch.latents)
+                check_finite(decoded, "in-context colorization (the VAE-decoded image)", self.dtype)
+            except NumericalError as exc:
+                raise exc.shifted(start) from None
+            images = decoded.permute(0, 2, 3, 1).cpu().numpy()
             results.extend(images if output_type == "np" else [float_image_to_pil(a) for a in images])
         return results

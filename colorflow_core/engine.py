@@ -18,13 +18,15 @@ from torch import nn
 from . import performance
 from .batching import PageBatchPipeline
 from .encoders import CLIPImageEncoder, ImageEncoder
-from .errors import InputError, WeightsError
+from .errors import InputError, NumericalError, WeightsError
 from .fusion import MultiHiddenResNetModel
+from .images import image_source
 from .pipeline import ColorFlowSDPipeline
 from .pixart import ColorFlowPixArtPipeline, load_pixart_style
 from .preprocess import STYLES, LineExtractor, ScreenStyleConverter, prepare_page
 from .release import PIXART_STYLES, ReleasePaths, find_release
 from .retrieval import MAX_TOP_K, ReferencePool, RetrievalResult, retrieve_many
+from .seeding import check_generator_device
 from .sizes import PRESETS, PageSize
 from .upscale import GuidedUpscaler, centre_crop
 
@@ -48,9 +50,14 @@ def _check_number(name: str, value: object, low: float, high: float, integer: bo
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
         kind = "an integer" if integer else "a finite number"
-        raise InputError(f"{name} must be {kind} between {low:g} and {high:g}, got {value!r}")
+        raise InputError(f"{name} must be {kind} between {_limit(low)} and {_limit(high)}, got {value!r}")
     if not low <= value <= high:
-        raise InputError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
+        raise InputError(f"{name} must be between {_limit(low)} and {_limit(high)}, got {value!r}")
+
+
+def _limit(value: float) -> str:
+    """A limit as the user would type it: integers in full (never 9.22337e+18), floats short (30, 0.5)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 @dataclass
@@ -63,7 +70,8 @@ class ColorizeSettings:
     seed: int = 0                        # page i uses seed + i (ARCHITECTURE "Random draws")
     top_k: int = 3                       # 1..3 reference patches per page patch
     batch_size: int | None = None        # pages per UNet batch; None = chosen from free memory
-    generator_device: str = "cpu"        # "cuda" reproduces the original demo's draws on a GPU
+    generator_device: str = "cpu"        # seeding.GENERATOR_DEVICES; "cuda" reproduces the original demo's draws
+                                         # on an NVIDIA GPU (InputError without one)
 
     def validate(self) -> None:
         """Raise one InputError naming the first unusable setting."""
@@ -75,10 +83,7 @@ class ColorizeSettings:
         _check_number("top_k", self.top_k, 1, MAX_TOP_K, integer=True)
         if self.batch_size is not None:
             _check_number("batch_size", self.batch_size, 1, 1024, integer=True)
-        try:
-            torch.Generator(self.generator_device)
-        except (RuntimeError, TypeError) as exc:
-            raise InputError(f"generator_device {self.generator_device!r} cannot hold a random generator: {exc}") from exc
+        check_generator_device(self.generator_device)
 
 
 @dataclass
@@ -101,6 +106,13 @@ class PageResult:
     image: Image.Image              # 1.5W x 1.5H coloured page (GSRP output)
     canvas: Image.Image             # 2W x 2H colorized canvas (ICP output)
     context: PageContext = field(repr=False)
+
+
+def page_label(index: int, name: str = "", image: Image.Image | None = None) -> str:
+    """How messages name page ``index`` (from 0) of a call: its number, name and file where known."""
+    source = image_source(image) if image is not None else None
+    label = f"page {name!r}" if name else f"page {index + 1}"
+    return label + (f" ({source})" if source else "")
 
 
 def _components(style: str, screentone: bool) -> list[str]:
@@ -209,13 +221,17 @@ class ColorFlow:
         """Style preprocessing (page i seeded seed + i) and retrieval → one context per page."""
         _check_number("top_k", top_k, 1, MAX_TOP_K, integer=True)
         _check_number("seed", seed, 0, MAX_SEED, integer=True)
+        check_generator_device(generator_device)
         names = list(names) if names is not None else [""] * len(pages)
         if len(names) != len(pages):
             raise InputError(f"{len(names)} names for {len(pages)} pages")
         conditions, guides = [], []
         for i, page in enumerate(pages):
-            prepared = prepare_page(page, self.style, size, screentone=self.screentone, lines=self.lines,
-                                    seed=seed + i, generator_device=generator_device)
+            try:
+                prepared = prepare_page(page, self.style, size, screentone=self.screentone, lines=self.lines,
+                                        seed=seed + i, generator_device=generator_device)
+            except InputError as exc:
+                raise InputError(f"{page_label(i, names[i], page)}: {exc}") from exc
             conditions.append(prepared.condition)
             guides.append(prepared.guide)
             if progress is not None:
@@ -232,11 +248,14 @@ class ColorFlow:
         if not contexts:
             return []
         batch = settings.batch_size or self.auto_batch_size(contexts[0].size, len(contexts))
-        return self.pipeline([c.retrieval.canvas for c in contexts], [c.retrieval.mask for c in contexts],
-                             steps=settings.steps, guidance_scale=settings.guidance_scale,
-                             guider_scale=settings.guider_scale, seed=settings.seed,
-                             generator_device=settings.generator_device, batch_size=batch, progress=progress,
-                             check_interrupt=check_interrupt)
+        try:
+            return self.pipeline([c.retrieval.canvas for c in contexts], [c.retrieval.mask for c in contexts],
+                                 steps=settings.steps, guidance_scale=settings.guidance_scale,
+                                 guider_scale=settings.guider_scale, seed=settings.seed,
+                                 generator_device=settings.generator_device, batch_size=batch, progress=progress,
+                                 check_interrupt=check_interrupt)
+        except NumericalError as exc:
+            raise exc.named([page_label(i, c.name) for i, c in enumerate(contexts)]) from None
 
     def auto_batch_size(self, size: PageSize, pages: int) -> int:
         """Pages per diffusion batch at this page size, from free memory less what offloading reserves."""
@@ -250,6 +269,7 @@ class ColorFlow:
         ``colored[i]`` is the whole 2W x 2H colorized canvas (its centre is the page) or the W x H page.
         """
         _check_number("seed", seed, 0, MAX_SEED, integer=True)
+        check_generator_device(generator_device)
         if len(contexts) != len(colored):
             raise InputError(f"{len(colored)} colorized canvases or pages for {len(contexts)} pages")
         if not contexts:
@@ -261,9 +281,12 @@ class ColorFlow:
                                  f"{(ctx.size.width, ctx.size.height)} for pages of {ctx.size}")
             pages.append(centre_crop(image) if image.size == ctx.size.canvas else image)
         guides = [ctx.guide for ctx in contexts]
-        return self.upscaler(pages, guides, seeds=seed, progress=progress, check_interrupt=check_interrupt,
-                             batch_size=self.upscaler.auto_batch_size(guides, self.offload.free_bytes()),
-                             generator_device=generator_device)
+        try:
+            return self.upscaler(pages, guides, seeds=seed, progress=progress, check_interrupt=check_interrupt,
+                                 batch_size=self.upscaler.auto_batch_size(guides, self.offload.free_bytes()),
+                                 generator_device=generator_device)
+        except NumericalError as exc:
+            raise exc.named([page_label(i, c.name) for i, c in enumerate(contexts)]) from None
 
     def run(self, pages: Sequence[Image.Image], pool: ReferencePool, size: PageSize,
             settings: ColorizeSettings = ColorizeSettings(), progress: ProgressFn | None = None,

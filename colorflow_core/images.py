@@ -7,9 +7,12 @@ file instead of a crash deep inside PIL or torch.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from pathlib import Path
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -26,6 +29,13 @@ MIN_PAGE_SIDE = 8
 # Aspect distortion the original accepts before it centre-crops instead (§3.1).
 _MAX_ASPECT_ERROR = 0.15
 
+logger = logging.getLogger(__name__)
+
+# What the CLI's --max-image-pixels sets (`set_max_image_pixels`); shown in the "too large" message.
+MAX_PIXELS_OPTION = "--max-image-pixels"
+# Attribute `load_image` puts on the images it returns: the file they came from, for messages.
+_SOURCE_ATTR = "colorflow_source"
+
 _ALPHA_MODES = {"RGBA": "RGBA", "RGBa": "RGBA", "LA": "LA", "La": "LA", "PA": "RGBA"}
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -34,20 +44,83 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image file, oriented as its EXIF tag says (as viewers show it).
 
     Decoding happens here, not lazily later, so a truncated or corrupt file is reported with its
-    name instead of failing in the middle of a batch.
+    name instead of failing in the middle of a batch. Files holding several frames (multi-page TIFF,
+    animated GIF / PNG / WebP) are refused: taking the first frame would drop the others silently.
+    Images larger than `max_image_pixels` are refused as possible decompression bombs. The returned
+    image remembers its file (`image_source`), so later messages can name it.
     """
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink():
+            raise InputError(f"{path} is a broken symbolic link (its target does not exist, or the link loops)")
         raise InputError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            img.load()
-            return ImageOps.exif_transpose(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the hard limit is checked below
+            with Image.open(path) as img:
+                frames = getattr(img, "n_frames", 1)
+                if frames > 1:
+                    raise InputError(
+                        f"{path} holds {frames} frames (a multi-page TIFF or an animated image); ColorFlow colours "
+                        f"single images and would lose every frame after the first: save one file per page "
+                        f"(e.g. {path.stem}_f001{path.suffix}, {path.stem}_f002{path.suffix}, ...)"
+                    )
+                img.load()
+                image = ImageOps.exif_transpose(img)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(_too_large(path, exc)) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InputError(
             f"{path} is not a readable image ({type(exc).__name__}: {exc}); "
             f"give a PNG, JPEG, WebP, BMP, TIFF or GIF file"
         ) from exc
+    setattr(image, _SOURCE_ATTR, str(path))
+    return image
+
+
+def max_image_pixels() -> int | None:
+    """The largest image `load_image` accepts, in pixels (Pillow's decompression-bomb limit:
+    2 x ``PIL.Image.MAX_IMAGE_PIXELS``, 178956970 by default); None: no limit."""
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else int(2 * limit)
+
+
+def set_max_image_pixels(limit: int) -> None:
+    """Raise (or lower) the decompression-bomb limit for this process (CLI ``--max-image-pixels``)."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InputError(f"{MAX_PIXELS_OPTION} must be a positive number of pixels (width x height), got {limit!r}")
+    Image.MAX_IMAGE_PIXELS = limit / 2  # Pillow refuses images above twice this value
+
+
+def _too_large(path: Path, exc: Exception) -> str:
+    match = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f" ({int(match.group(1)):,} pixels)" if match else ""
+    limit = max_image_pixels()
+    return (
+        f"{path} is larger{size} than Pillow's decompression-bomb limit of {limit:,} pixels (a protection against "
+        f"files that expand to huge images). If you trust the file, raise the limit: on the command line with "
+        f"{MAX_PIXELS_OPTION} N (N = width x height or more), in Python with PIL.Image.MAX_IMAGE_PIXELS"
+    )
+
+
+def image_source(img: Image.Image) -> str | None:
+    """The file `load_image` read ``img`` from, or None for images made in memory."""
+    return getattr(img, _SOURCE_ATTR, None)
+
+
+def check_image_files(paths: Iterable[str | os.PathLike], what: str = "image") -> dict[Path, str]:
+    """Decode every file as the stages will (`load_image`, `normalize_mode`, `check_page`) and return
+    {file: message} for those that cannot be used, all of them (nothing is raised): run before any
+    model so a bad page deep in a chapter is reported up front, together with every other one."""
+    problems: dict[Path, str] = {}
+    for path in map(Path, paths):
+        try:
+            check_page(normalize_mode(load_image(path)), f"{what} {path}")
+        except InputError as exc:
+            problems[path] = str(exc)
+    return problems
 
 
 def normalize_mode(img: Image.Image) -> Image.Image:
@@ -147,10 +220,32 @@ def natural_sort_key(path: Path) -> list[object]:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts]
 
 
-def list_image_files(folder: str | os.PathLike) -> list[Path]:
+def broken_links(folder: str | os.PathLike) -> list[Path]:
+    """Symbolic links directly inside ``folder`` that lead nowhere (dangling, or looping), natural order."""
+    folder = Path(folder)
+    found = []
+    for p in folder.iterdir():
+        if p.name.startswith(".") or not p.is_symlink():
+            continue
+        try:
+            p.stat()
+        except OSError:  # missing target, or ELOOP
+            found.append(p)
+    return sorted(found, key=natural_sort_key)
+
+
+def describe_broken_links(folder: str | os.PathLike, links: Iterable[Path]) -> str:
+    """The warning for `broken_links`: names each link."""
+    names = [p.name for p in links]
+    return (f"skipping {len(names)} broken symbolic link(s) in {folder} (the target is missing or the link loops): "
+            f"{', '.join(names)}")
+
+
+def list_image_files(folder: str | os.PathLike, warn: Callable[[str], None] | None = None) -> list[Path]:
     """The image files directly inside ``folder`` in natural order; other files are skipped.
 
-    Hidden files (".DS_Store", macOS "._page1.png" resource forks) are skipped too.
+    Hidden files (".DS_Store", macOS "._page1.png" resource forks) are skipped too. Broken symbolic
+    links are skipped with a warning naming them (``warn``, default: this module's logger).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -159,9 +254,13 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
         p for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     ]
+    broken = broken_links(folder)
+    if broken:
+        (warn or logger.warning)(describe_broken_links(folder, broken))
     if not files:
+        links = f"; {len(broken)} broken symbolic link(s) skipped: {', '.join(p.name for p in broken)}" if broken else ""
         raise InputError(
-            f"{folder} holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+            f"{folder} holds no image files (looked for {', '.join(sorted(IMAGE_SUFFIXES))}){links}"
         )
     return sorted(files, key=natural_sort_key)
 

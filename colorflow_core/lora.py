@@ -53,13 +53,18 @@ def normalize_lora_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def infer_lora_rank(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """The rank shared by every `lora_A` matrix of the file (its first dimension)."""
+def infer_lora_rank(state_dict: Mapping[str, torch.Tensor], source: str | os.PathLike | None = None) -> int:
+    """The rank shared by every `lora_A` matrix of the file (its first dimension); ``source`` names
+    the file in errors."""
+    what = f"the LoRA file {source}" if source is not None else "the LoRA file"
     ranks = {int(v.shape[0]) for k, v in normalize_lora_keys(state_dict).items() if ".lora_A." in k}
     if not ranks:
-        raise WeightsError("the file holds no LoRA tensors (no '...lora_A...' keys): is it a LoRA file?")
+        keys = sorted(state_dict)
+        shown = ", ".join(keys[:5]) + (f", ... ({len(keys)} in all)" if len(keys) > 5 else "")
+        raise WeightsError(f"{what} holds no LoRA tensors (no '...lora_A...' keys; it has {shown or 'no tensors'}): "
+                           f"is it a LoRA file? Download the official file again.")
     if len(ranks) > 1:
-        raise WeightsError(f"the LoRA file mixes ranks {sorted(ranks)}; expected one rank")
+        raise WeightsError(f"{what} mixes ranks {sorted(ranks)}; expected one rank")
     return ranks.pop()
 
 

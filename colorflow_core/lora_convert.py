@@ -25,13 +25,15 @@ def kohya_module_name(module: str) -> str:
     return KOHYA_UNET_PREFIX + module.replace(".", "_")
 
 
-def unet_lora_to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: float | None = None) -> dict[str, torch.Tensor]:
+def unet_lora_to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: float | None = None,
+                       source: object = None) -> dict[str, torch.Tensor]:
     """Rename a diffusers/peft UNet LoRA to kohya keys; ``alpha`` defaults to the rank (scaling 1, as released).
 
     Every tensor must be a LoRA A/B matrix of a module that has both: a file carrying fine-tuned base
     weights (``…base_layer.*``) or DoRA/bias terms cannot be expressed as a weight-delta LoRA, so it is
-    refused with a ``WeightsError`` instead of being converted partially.
+    refused with a ``WeightsError`` instead of being converted partially. ``source`` names the file in errors.
     """
+    what = f"the LoRA file {source}" if source is not None else "the LoRA file"
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     other: list[str] = []
     for key, tensor in normalize_lora_keys(state_dict).items():
@@ -42,10 +44,10 @@ def unet_lora_to_kohya(state_dict: Mapping[str, torch.Tensor], alpha: float | No
         pairs.setdefault(match["module"], {})[match["which"]] = tensor
     if other:
         shown = ", ".join(sorted(other)[:5]) + (f" (+{len(other) - 5} more)" if len(other) > 5 else "")
-        raise WeightsError(f"the LoRA file holds tensors that are not LoRA A/B matrices ({shown}); "
+        raise WeightsError(f"{what} holds tensors that are not LoRA A/B matrices ({shown}); "
                            "only pure LoRA files can be applied through ComfyUI's LoRA patching")
     if not pairs:
-        raise WeightsError("the file holds no LoRA tensors (no '...lora_A...' / '...lora_B...' keys): is it a LoRA file?")
+        raise WeightsError(f"{what} holds no LoRA tensors (no '...lora_A...' / '...lora_B...' keys): is it a LoRA file?")
 
     out: dict[str, torch.Tensor] = {}
     for module, ab in sorted(pairs.items()):

@@ -122,9 +122,13 @@ class PromptEmbeddings:
         return cls(**{n: state[n] for n in names})
 
     def save(self, path: str | os.PathLike) -> None:
-        from safetensors.torch import save_file
+        """Write the cache atomically (`files.atomic_write`); OutputError (an OSError) when it cannot."""
+        from safetensors.torch import save
 
-        save_file({f.name: getattr(self, f.name).detach().cpu().contiguous() for f in fields(self)}, str(path))
+        from .files import write_bytes_atomic
+
+        tensors = {f.name: getattr(self, f.name).detach().cpu().contiguous() for f in fields(self)}
+        write_bytes_atomic(path, save(tensors))
 
     def check_for(self, transformer: PixArtTransformer2DModel, source: str | os.PathLike = "prompt cache") -> None:
         """Refuse embeddings from another text encoder than the one this transformer was trained with."""
@@ -380,7 +384,7 @@ def load_pixart_style(release_root: str | os.PathLike, base: str | os.PathLike |
                                    torch_dtype=torch.float32)
     check_guider_fits(guider, transformer)
     lora = load_state_dict_file(style_folder / LORA_FILE)
-    rank = infer_lora_rank(lora)  # the release: 128, alpha = rank
+    rank = infer_lora_rank(lora, style_folder / LORA_FILE)  # the release: 128, alpha = rank
     landed = inject_lora(transformer, lora, rank=rank, alpha=rank, target_modules=PIXART_LORA_TARGETS,
                          source=style_folder / LORA_FILE)
     if merge:

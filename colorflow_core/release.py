@@ -224,6 +224,9 @@ def find_release(
     for source, folder in (("--models", explicit), (f"${MODELS_ENV}", os.environ.get(MODELS_ENV) or None)):
         if folder is not None:
             path = Path(folder).expanduser()
+            if path.exists() and not path.is_dir():
+                raise WeightsError(f"release folder {path} (from {source}) is not a folder: give the folder that "
+                                   f"holds the release ({RELEASE_FOLDERS})")
             if not path.is_dir():
                 raise WeightsError(f"release folder {path} (from {source}) does not exist")
             return path
@@ -394,7 +397,7 @@ def load_graysd(
     paths.require(["graysd"])
     guider = ColorGuiderSDModel.from_release_folder(paths.graysd, dtype=dtype, device=device)
     state = load_state_dict_file(paths.graysd_lora)
-    rank = infer_lora_rank(state)  # the official file is rank 64, alpha 64 (scale 1)
+    rank = infer_lora_rank(state, paths.graysd_lora)  # the official file is rank 64, alpha 64 (scale 1)
     inject_lora(unet, state, rank=rank, alpha=rank, target_modules=SD_UNET_LORA_TARGETS, source=paths.graysd_lora)
     if merge:
         merge_lora(unet)

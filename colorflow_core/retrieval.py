@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .encoders import ImageEncoder
-from .errors import InputError
-from .images import process_image
+from .errors import InputError, OutputError
+from .files import write_bytes_atomic
+from .images import image_source, process_image
 from .sizes import PageSize
 
 logger = logging.getLogger(__name__)
@@ -72,6 +73,12 @@ def reference_patches(reference: Image.Image, size: PageSize) -> list[Image.Imag
     return [fitted] + crop_patches(fitted, size)
 
 
+def _describe(label: str, image: Image.Image) -> str:
+    """``label``, plus the file the image was read from when `images.load_image` read it."""
+    source = image_source(image)
+    return f"{label} ({source})" if source else label
+
+
 def _labelled(fit: Callable[..., T], *args: object, label: str) -> T:
     """Run a fitting step; an InputError says which of several images it was about."""
     try:
@@ -105,7 +112,7 @@ class ReferencePool:
         if not references:
             raise InputError("the reference pool is empty: give at least one colour reference image")
         return [
-            _labelled(reference_patches, ref, size, label=f"colour reference {i + 1}")
+            _labelled(reference_patches, ref, size, label=_describe(f"colour reference {i + 1}", ref))
             for i, ref in enumerate(references)
         ]
 
@@ -170,9 +177,9 @@ class ReferencePool:
         return cls._assemble(cut, torch.cat(chunks), size, cls._key(cut, size, identity), identity)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write embeddings + metadata as safetensors (atomically: a crash leaves no half file)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write embeddings + metadata as safetensors, atomically under a unique temporary name (a crash
+        leaves no half file; processes sharing a cache never trip over each other's temporary files).
+        `OutputError` when it cannot be written."""
         metadata = {
             "format": _POOL_FORMAT,
             "width": str(self.size.width),
@@ -180,9 +187,8 @@ class ReferencePool:
             "content_key": self.content_key,
             "encoder_identity": self.encoder_identity,
         }
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"embeddings": self.embeddings.contiguous()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        data = safetensors_bytes({"embeddings": self.embeddings.detach().cpu().contiguous()}, metadata=metadata)
+        write_bytes_atomic(path, data)
 
     @classmethod
     def load(cls, path: str | os.PathLike, references: Sequence[Image.Image]) -> "ReferencePool":
@@ -226,6 +232,8 @@ class ReferencePool:
         cut = cls._cut(references, size)
         key = cls._key(cut, size, encoder.identity)
         path = Path(cache_dir) / f"pool-{key}.safetensors"
+        if path.exists() and not path.is_file():  # found now, not after the embedding
+            raise OutputError(f"cannot write {path}: it is a folder (or another non-file), not a pool cache file")
         if path.is_file():
             try:
                 embeddings, metadata, _ = _read_pool_file(path)

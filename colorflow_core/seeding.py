@@ -8,8 +8,24 @@ from __future__ import annotations
 
 import torch
 
+from .errors import InputError
+
 SCREENTONE_SEED_OFFSET = 3  # the ScreenVAE decoder noise
 GSRP_SEED_OFFSET = 5  # the GSRP posterior sample
+# Where the generators live: "cpu" (the default: results do not depend on the GPU) or "cuda" (the
+# original demo's draws, which came from the global CUDA RNG; needs an NVIDIA GPU).
+GENERATOR_DEVICES = ("cpu", "cuda")
+
+
+def check_generator_device(generator_device: object) -> str:
+    """``generator_device`` if usable, else an InputError saying why (cuda without a GPU included)."""
+    if generator_device not in GENERATOR_DEVICES:
+        raise InputError(f"generator_device must be one of {', '.join(GENERATOR_DEVICES)}, got {generator_device!r}")
+    if generator_device == "cuda" and not torch.cuda.is_available():
+        raise InputError("generator_device 'cuda' needs an NVIDIA GPU that torch can use, and torch finds none "
+                         "(torch.cuda.is_available() is False); use 'cpu' (the default: the draws then do not "
+                         "depend on the GPU)")
+    return str(generator_device)
 
 
 def page_seeds(seed: int, count: int) -> list[int]:

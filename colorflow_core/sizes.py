@@ -31,7 +31,7 @@ class PageSize:
             if value < MIN_SIDE or value > MAX_SIDE or value % SIZE_MULTIPLE:
                 raise InputError(
                     f"page {name} {value} is not usable: it must be a multiple of {SIZE_MULTIPLE} "
-                    f"between {MIN_SIDE} and {MAX_SIDE} (use PageSize.snap to round any size)"
+                    f"between {MIN_SIDE} and {MAX_SIDE}"
                 )
 
     @classmethod

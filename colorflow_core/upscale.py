@@ -22,7 +22,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from PIL import Image
 
 from . import performance
-from .errors import InputError, WeightsError
+from .errors import InputError, NumericalError, WeightsError
+from .finite import check_finite
 from .fusion import MultiHiddenResNetModel
 from .images import normalize_mode, pil_to_tensor
 from .seeding import GSRP_SEED_OFFSET, page_generator, page_seeds
@@ -226,7 +227,10 @@ class GuidedUpscaler:
                 check_interrupt()
             generators = [page_generator(s + GSRP_SEED_OFFSET, generator_device) for s in seeds[start:stop]] \
                 if sample_posterior else None
-            results.extend(self._upscale(colored[start:stop], guides[start:stop], generators))
+            try:
+                results.extend(self._upscale(colored[start:stop], guides[start:stop], generators))
+            except NumericalError as exc:
+                raise exc.shifted(start) from None
             if progress is not None:
                 progress(len(results), len(guides))
         return results
@@ -269,4 +273,5 @@ class GuidedUpscaler:
                            for c, g in zip(colored, guides)])
         guide = torch.cat([to_model_input(g, self.device, self.dtype) for g in guides])
         decoded = guided_decode(self.vae, self.fusion, color, guide, generators=generators)
+        check_finite(decoded.image, "GSRP (the guided upscale)", self.dtype)  # NaN would become black pixels
         return [to_uint8_image(y) for y in decoded.image]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -30,15 +31,31 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except WeightsError:
         raise
     except Exception as exc:  # corrupt, truncated, or a pickle holding more than tensors
-        raise WeightsError(
-            f"{path} could not be read ({type(exc).__name__}: {exc}). The file is truncated or "
-            f"corrupt: delete it and download it again."
-        ) from exc
+        raise WeightsError(_unreadable(path, exc)) from exc
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path} does not hold a state dict of tensors")
     return dict(state)
+
+
+def _unreadable(path: Path, exc: Exception) -> str:
+    """Why a weight file could not be read, without torch's advice to turn the pickle protection off."""
+    text = str(exc)
+    if "Weights only load failed" in text:  # torch's safe unpickler refused the file
+        found = re.search(r"GLOBAL ([\w.]+)", text)
+        if found is not None or "global" in text.lower():
+            what = f" (it refers to {found.group(1)})" if found else ""
+            return (f"{path} contains Python code{what} besides the weights, so it was not loaded: unpickling it "
+                    f"could run that code. Weight files hold only tensors; get this file from the official "
+                    f"release again (or a .safetensors version of it).")
+        detail = "the pickle data is damaged"
+    elif "weights_only" in text:  # never pass on advice to disable the protection
+        detail = type(exc).__name__
+    else:
+        detail = f"{type(exc).__name__}: {text}"
+    return (f"{path} could not be read ({detail}). The file is truncated or corrupt: delete it and download it "
+            f"again.")
 
 
 def load_strict(

@@ -2,11 +2,35 @@
 from __future__ import annotations
 
 from colorflow_core.errors import InputError
+from colorflow_core.seeding import GENERATOR_DEVICES
 
 from . import comfy
 from .tensors import tensor_from_images
+from .widgets import widget_errors
 
 MAX_SEED = 0xFFFFFFFFFFFF  # page i uses seed + i: stay far below torch's 2**64 limit
+# cfg 0 = the loaded style's own default (engine.DEFAULT_GUIDANCE: 7.5 screenstyle, 4.5 sketch / shading;
+# spelled out here because the node module must not import the engine at ComfyUI start-up).
+STYLE_DEFAULT_CFG = 0.0
+CFG_TOOLTIP = (
+    "Classifier-free guidance scale. 0 (the default) = the loaded style's own default, as in the original: "
+    "7.5 for screenstyle (SD1.5), 4.5 for sketch and shading (PixArt). Any value above 1 is used as given; "
+    "a value above 0 and up to 1 (e.g. 1.0) turns classifier-free guidance off (one pass per step, faster)."
+)
+
+
+def generator_device_input(what: str) -> tuple:
+    """The optional generator_device input (one name across the CLI, the nodes and the engine)."""
+    return (list(GENERATOR_DEVICES), {
+        "default": GENERATOR_DEVICES[0],
+        "tooltip": f"Where the random draws of {what} are made. cpu (default): the same result on every machine. "
+                   f"cuda: the original demo's draws, on an NVIDIA GPU (an error without one).",
+    })
+
+
+def guidance_scale(cfg: float) -> float | None:
+    """The engine's guidance_scale for the node's cfg: None (the style's default) for 0."""
+    return None if cfg == STYLE_DEFAULT_CFG else cfg
 
 
 class InContextColorize:
@@ -35,9 +59,8 @@ class InContextColorize:
                 "context": ("COLORFLOW_CONTEXT", {"tooltip": "From Retrieve References."}),
                 "steps": ("INT", {"default": 10, "min": 1, "max": 200,
                                   "tooltip": "Denoising steps (UniPC); the original demo uses 10."}),
-                "cfg": ("FLOAT", {"default": 7.5, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
-                                  "tooltip": "Classifier-free guidance scale: 7.5 for screenstyle (SD1.5), "
-                                             "4.5 for the sketch styles (PixArt)."}),
+                "cfg": ("FLOAT", {"default": STYLE_DEFAULT_CFG, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                                  "tooltip": CFG_TOOLTIP}),
                 "guider_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
                                               "tooltip": "ColorGuider conditioning scale: how strongly the page "
                                                          "and references steer the diffusion (1.0 = as trained)."}),
@@ -47,18 +70,21 @@ class InContextColorize:
             "optional": {
                 "batch_size": ("INT", {"default": 0, "min": 0, "max": 64,
                                        "tooltip": "Pages denoised together (0 = chosen from free memory)."}),
+                "generator_device": generator_device_input("the initial noise and the conditioning samples"),
             },
         }
 
     def colorize(self, model, context, steps: int, cfg: float, guider_strength: float, seed: int,
-                 batch_size: int = 0):
+                 batch_size: int = 0, generator_device: str = GENERATOR_DEVICES[0]):
         from colorflow_core.engine import ColorizeSettings
         from colorflow_core.upscale import centre_crop
 
         if len(context) == 0:
             raise InputError("In-Context Colorize: the context holds no pages")
-        settings = ColorizeSettings(steps=steps, guidance_scale=cfg, guider_scale=guider_strength, seed=seed,
-                                    batch_size=batch_size or None)
+        settings = ColorizeSettings(steps=steps, guidance_scale=guidance_scale(cfg), guider_scale=guider_strength,
+                                    seed=seed, batch_size=batch_size or None, generator_device=generator_device)
+        with widget_errors("In-Context Colorize", {"guidance_scale": "cfg", "guider_scale": "guider_strength"}):
+            settings.validate()  # before the model moves to the GPU
         try:
             engine = model.use()
             canvases = engine.colorize(context.pages, settings,

@@ -26,34 +26,27 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from PIL import Image
 
 from colorflow_core.conditioning import conditioning_images, guider_conditioning
 from colorflow_core.errors import InputError, WeightsError
-from colorflow_core.guider import ColorGuiderSDModel, GuiderResiduals
-from colorflow_core.lora_convert import unet_lora_to_kohya
-from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
 from colorflow_core.seeding import page_seeds
-from colorflow_core.weights import load_state_dict_file
 
 from . import comfy as comfy_env
 from .colorize import MAX_SEED
 from .model import list_releases, resolve_release
 from .tensors import images_from_tensors, tensor_from_images
 
-try:  # inside a running ComfyUI (or with $COMFYUI_DIR on sys.path)
-    import comfy.lora as comfy_lora
-    import comfy.model_management as model_management
-    import comfy.model_patcher as model_patcher
-    import comfy.patcher_extension as patcher_extension
-    import comfy.supported_models as supported_models
-    from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer
-    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel, Upsample
-except ImportError:
-    comfy_lora = None
+if TYPE_CHECKING:  # diffusers is imported when a node runs, not when ComfyUI loads the pack
+    from colorflow_core.guider import ColorGuiderSDModel, GuiderResiduals
+
+# ComfyUI's modules, bound by `_require_comfy` when a native node first runs (not at import: the pack
+# loads fast, and imports outside ComfyUI before $COMFYUI_DIR is on sys.path stay harmless).
+comfy_lora = model_management = model_patcher = patcher_extension = supported_models = None
+DiagonalGaussianRegularizer = UNetModel = Upsample = None
 
 GUIDER_FOLDER, LORA_FILE = "GraySD", "unet_lora.bin"
 _UNCOND_INDEX = 1  # index of the negative prompt in comfy.samplers.sampling_function's conds list
@@ -66,8 +59,24 @@ NATIVE_RELEASE_TYPE = "COLORFLOW_NATIVE_RELEASE"
 
 
 def _require_comfy() -> None:
-    if comfy_lora is None:
-        raise InputError("the native ColorFlow nodes need ComfyUI (comfy.* could not be imported)")
+    """Import ComfyUI's modules on first use; a clear error outside ComfyUI."""
+    global comfy_lora, model_management, model_patcher, patcher_extension, supported_models
+    global DiagonalGaussianRegularizer, UNetModel, Upsample
+    if comfy_lora is not None:
+        return
+    try:
+        import comfy.lora as lora
+        import comfy.model_management as management
+        import comfy.model_patcher as patcher
+        import comfy.patcher_extension as extension
+        import comfy.supported_models as models
+        from comfy.ldm.models.autoencoder import DiagonalGaussianRegularizer as regularizer
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel as unet, Upsample as upsample
+    except ImportError as exc:
+        raise InputError(f"the native ColorFlow nodes need ComfyUI (comfy.* could not be imported: {exc})") from exc
+    model_management, model_patcher, patcher_extension, supported_models = management, patcher, extension, models
+    DiagonalGaussianRegularizer, UNetModel, Upsample = regularizer, unet, upsample
+    comfy_lora = lora  # last: it marks the imports done
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,6 +114,7 @@ class ResidualSlots:
 
 def residual_slots(diffusion_model: torch.nn.Module) -> ResidualSlots:
     """One down residual per input block; per output block one, plus one before an Upsample (§7.2)."""
+    _require_comfy()
     post: list[int] = []
     pre: dict[int, int] = {}
     index = 0
@@ -373,8 +383,12 @@ def load_native_release(folder: str | os.PathLike, dtype: torch.dtype | None = N
     if not lora_file.is_file():
         raise WeightsError(f"ColorFlow LoRA not found: {lora_file} (download GraySD/ of TencentARC/ColorFlow)")
     dtype = dtype or model_management.unet_dtype()
+    from colorflow_core.guider import ColorGuiderSDModel
+    from colorflow_core.lora_convert import unet_lora_to_kohya
+    from colorflow_core.weights import load_state_dict_file
+
     guider = ColorGuiderSDModel.from_release_folder(gray, dtype=dtype, device=model_management.unet_offload_device())
-    lora = unet_lora_to_kohya(load_state_dict_file(lora_file))
+    lora = unet_lora_to_kohya(load_state_dict_file(lora_file), source=lora_file)
     return NativeRelease(make_guider_patcher(guider), lora, str(folder))
 
 
@@ -459,6 +473,8 @@ class ColorFlowApply:
         patched = patch_model(model, colorflow_release.guider, cond, strength=guider_strength,
                               kohya_lora=colorflow_release.lora, lora_strength=lora_strength,
                               start_percent=start_percent, end_percent=end_percent)
+        from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
+
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(PROMPT))
         negative = clip.encode_from_tokens_scheduled(clip.tokenize(NEGATIVE_PROMPT))
         latent = torch.zeros((len(pages), 4) + tuple(cond.shape[-2:]), device=model_management.intermediate_device())

@@ -26,10 +26,15 @@ def resolve_folder(text: str, what: str) -> Path:
     raise InputError(f"{what}: folder {text!r} not found (looked at {tried})")
 
 
-def folder_images(text: str, what: str) -> list[Path]:
-    """The image files of a folder in natural order ("page2" before "page10"); InputError if none."""
+def folder_images(text: str, what: str, warn: bool = False) -> list[Path]:
+    """The image files of a folder in natural order ("page2" before "page10"); InputError if none.
+
+    ``warn``: log skipped broken symbolic links (by name) to ComfyUI's console; off for the checks
+    ComfyUI runs before a node (VALIDATE_INPUTS, IS_CHANGED), so each run warns once.
+    """
     folder = resolve_folder(text, what)
     try:
-        return list_image_files(folder)
+        return list_image_files(folder, warn=(lambda message: comfy.log.warning("%s: %s", what, message))
+                                if warn else (lambda message: None))
     except InputError as exc:
         raise InputError(f"{what}: {exc}") from exc

@@ -6,7 +6,7 @@ import weakref
 from PIL import Image
 
 from colorflow_core.errors import InputError
-from colorflow_core.images import load_image
+from colorflow_core.images import check_page, load_image, normalize_mode
 from colorflow_core.retrieval import ReferencePool
 from colorflow_core.sizes import PageSize
 
@@ -91,8 +91,16 @@ class ReferencePoolNode:
     def build(self, references=None, folder=None):
         images: list[Image.Image] = []
         if references:
-            images += images_from_tensors(references, "Reference Pool: references")
+            for i, image in enumerate(images_from_tensors(references, "Reference Pool: references")):
+                check_page(image, f"Reference Pool: reference {i + 1}")
+                images.append(image)
         for text in folder or []:
             if text and text.strip():
-                images += [load_image(path) for path in folder_images(text, "Reference Pool")]
+                for path in folder_images(text, "Reference Pool", warn=True):
+                    try:
+                        image = load_image(path)
+                        check_page(normalize_mode(image), f"reference {path}")
+                    except InputError as exc:
+                        raise InputError(f"Reference Pool: {exc}") from exc
+                    images.append(image)
         return (ReferenceSet(images),)

@@ -20,12 +20,14 @@ from PIL import Image
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.images import check_page
 from colorflow_core.preprocess.holder import NetworkHolder
+from colorflow_core.seeding import check_generator_device
 from colorflow_core.preprocess.shading import DARK_BELOW, FLAT_GRAY, LINE_ABOVE, MID_BELOW
 
 from . import comfy
-from .colorize import MAX_SEED
+from .colorize import MAX_SEED, generator_device_input
 from .model import list_releases, resolve_release
 from .tensors import images_from_tensors, tensor_from_images
+from .widgets import widget_errors
 
 if TYPE_CHECKING:  # release.py imports diffusers: only when a node runs, not at ComfyUI start-up
     from colorflow_core.release import ReleasePaths
@@ -227,20 +229,25 @@ class ScreentonePreprocess:
                                "Off: the raw screentone.",
                 }),
             },
+            "optional": {
+                "generator_device": generator_device_input("the screentone noise"),
+            },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, release=None):
         return _validate_release(release, "screentone")
 
-    def preprocess(self, images, release: str, seed: int, blend: bool = True):
+    def preprocess(self, images, release: str, seed: int, blend: bool = True, generator_device: str = "cpu"):
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
             raise InputError(f"Screentone Preprocess: seed must be an integer between 0 and {MAX_SEED}, got {seed!r}")
+        with widget_errors("Screentone Preprocess"):
+            check_generator_device(generator_device)
         pages = _pages(images, "Screentone Preprocess")
 
         def work(converter, i: int, page: Image.Image) -> Image.Image:
             convert = converter.screenstyle_condition if blend else converter.to_screentone
-            return convert(page, seed + i)
+            return convert(page, seed + i, generator_device)
 
         return _run("screentone", release, pages, work)
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from colorflow_core.errors import InputError
+from colorflow_core.images import check_page
+from colorflow_core.seeding import check_generator_device
 from colorflow_core.sizes import MAX_SIDE, MIN_SIDE, PRESETS, SIZE_MULTIPLE, PageSize
 
 from . import comfy
+from .colorize import generator_device_input
 from .tensors import images_from_tensors, mask_from_images, tensor_from_images
+from .widgets import widget_errors
 
 CUSTOM = "custom"
 SIZE_CHOICES = (*PRESETS, CUSTOM)
@@ -100,25 +104,36 @@ class RetrieveReferences:
                 "names": ("STRING", {"forceInput": True,
                                      "tooltip": "Page names (e.g. Load Image Sequence's names), kept with "
                                                 "the pages."}),
+                "generator_device": generator_device_input("the ScreenStyle screentone noise (screenstyle with "
+                                                           "screentone on)"),
             },
         }
 
-    def retrieve(self, model, pages, pool, size, width, height, top_k, preprocess_seed, names=None):
+    def retrieve(self, model, pages, pool, size, width, height, top_k, preprocess_seed, names=None,
+                 generator_device=None):
         model, pool = _first(model, "model"), _first(pool, "pool")
-        target = page_size(_first(size, "size"), _first(width, "width"), _first(height, "height"))
+        from colorflow_core.engine import MAX_SEED, MAX_TOP_K, _check_number
+
+        top_k, preprocess_seed = _first(top_k, "top_k"), _first(preprocess_seed, "preprocess_seed")
+        with widget_errors("Retrieve References"):  # the widgets, checked before any model runs
+            target = page_size(_first(size, "size"), _first(width, "width"), _first(height, "height"))
+            _check_number("top_k", top_k, 1, MAX_TOP_K, integer=True)
+            _check_number("preprocess_seed", preprocess_seed, 0, MAX_SEED, integer=True)
+            generator_device = check_generator_device(_first(generator_device or ["cpu"], "generator_device"))
         page_images = images_from_tensors(pages, "Retrieve References: pages")
         names = [str(n) for n in names] if names else []
         if names and len(names) != len(page_images):
             raise InputError(f"Retrieve References: {len(names)} names for {len(page_images)} pages; connect the "
                              f"names output of the same Load Image Sequence as the pages")
+        for i, page in enumerate(page_images):  # a tiny page is named before any model runs
+            check_page(page, f"Retrieve References: page {i + 1}" + (f" ({names[i]})" if names else ""))
         names = names or [f"page{i + 1}" for i in range(len(page_images))]
         try:
             reference_pool = pool.embedded(model, target, progress=comfy.progress_callback(len(pool)))
             engine = model.use()
             contexts = engine.prepare(
-                page_images, reference_pool, target, top_k=_first(top_k, "top_k"),
-                seed=_first(preprocess_seed, "preprocess_seed"), names=names,
-                progress=comfy.progress_callback(len(page_images)),
+                page_images, reference_pool, target, top_k=top_k, seed=preprocess_seed, names=names,
+                progress=comfy.progress_callback(len(page_images)), generator_device=generator_device,
             )
         finally:
             model.done()

@@ -74,9 +74,12 @@ class LoadImageSequence:
         return digest.hexdigest()
 
     def load(self, folder: str, start: int = 0, limit: int = 0):
-        files = folder_images(folder, "Load Image Sequence")
+        files = folder_images(folder, "Load Image Sequence", warn=True)
         chosen = files[start:start + limit] if limit else files[start:]
         if not chosen:
             raise InputError(f"Load Image Sequence: start={start} skips all {len(files)} images of {folder!r}")
-        images = [pil_to_tensor(load_image(path)).unsqueeze(0) for path in chosen]
+        try:  # a multi-frame file (multi-page TIFF, animated GIF) is refused, never cut to its first frame
+            images = [pil_to_tensor(load_image(path)).unsqueeze(0) for path in chosen]
+        except InputError as exc:
+            raise InputError(f"Load Image Sequence: {exc}") from exc
         return (images, [path.stem for path in chosen])

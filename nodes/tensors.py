@@ -26,8 +26,34 @@ def _one_image(tensor: torch.Tensor, what: str) -> Image.Image:
     return tensor_to_pil(tensor)
 
 
+# IMAGE values outside 0..1 by more than this are not rounding overshoot (of a resampler, a sharpen
+# node) but another scale, e.g. a 0..255 image: converting would clamp it to an almost white page.
+RANGE_TOLERANCE = 0.5
+
+
+def check_image_values(batch: torch.Tensor, what: str, first: int = 1) -> None:
+    """Refuse NaN / infinite values and values far outside 0..1 (``first``: the number of the batch's
+    first image in the input, for the message), instead of turning them into black or white pixels."""
+    data = batch.detach()
+    if not data.is_floating_point():
+        data = data.float()
+    finite = torch.isfinite(data).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        k = first + int((~finite).nonzero()[0])
+        raise InputError(f"{what}: image {k} holds NaN or infinite values (the node that made it failed, e.g. a "
+                         f"float16 overflow); it would come out black. Check that node, or re-run it in higher "
+                         f"precision")
+    if data.numel():
+        low, high = float(data.min()), float(data.max())
+        if low < -RANGE_TOLERANCE or high > 1 + RANGE_TOLERANCE:
+            raise InputError(f"{what}: values range from {low:g} to {high:g}, but IMAGE values lie in 0..1 (is it a "
+                             f"0..255 image? divide it by 255 first)")
+
+
 def images_from_tensors(images: torch.Tensor | Sequence[torch.Tensor], what: str) -> list[Image.Image]:
-    """Every image of an IMAGE batch, or of a list of batches (pages of different sizes), in order."""
+    """Every image of an IMAGE batch, or of a list of batches (pages of different sizes), in order.
+
+    NaN / infinite values and values far outside 0..1 are refused (`check_image_values`)."""
     batches = [images] if isinstance(images, torch.Tensor) else list(images)
     result: list[Image.Image] = []
     for batch in batches:
@@ -37,6 +63,7 @@ def images_from_tensors(images: torch.Tensor | Sequence[torch.Tensor], what: str
             batch = batch.unsqueeze(0)
         if batch.ndim != 4:
             raise InputError(f"{what}: expected IMAGE tensors [batch, height, width, channels], got shape {tuple(batch.shape)}")
+        check_image_values(batch, what, first=len(result) + 1)
         result.extend(_one_image(image, what) for image in batch)
     if not result:
         raise InputError(f"{what}: the image batch is empty; connect at least one image")

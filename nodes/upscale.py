@@ -5,10 +5,12 @@ from PIL import Image
 
 from colorflow_core.errors import InputError
 from colorflow_core.images import check_page
+from colorflow_core.seeding import check_generator_device
 
 from . import comfy
-from .colorize import MAX_SEED
+from .colorize import MAX_SEED, generator_device_input
 from .tensors import images_from_tensors, tensor_from_images
+from .widgets import widget_errors
 
 
 class GuidedUpscale:
@@ -39,9 +41,14 @@ class GuidedUpscale:
                 "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
                                  "tooltip": "Seed of the VAE posterior sample; page i uses seed + i."}),
             },
+            "optional": {
+                "generator_device": generator_device_input("the VAE posterior samples"),
+            },
         }
 
-    def upscale(self, model, colored, context, seed: int):
+    def upscale(self, model, colored, context, seed: int, generator_device: str = "cpu"):
+        with widget_errors("Guided Upscale"):
+            check_generator_device(generator_device)
         pages = images_from_tensors(colored, "Guided Upscale: colored")
         if len(pages) != len(context):
             raise InputError(
@@ -55,7 +62,7 @@ class GuidedUpscale:
         try:
             engine = model.use()
             results = engine.upscale(context.pages, pages, seed=seed, progress=comfy.progress_callback(len(pages)),
-                                     check_interrupt=comfy.check_interrupt)
+                                     check_interrupt=comfy.check_interrupt, generator_device=generator_device)
         finally:
             model.done()
         return (tensor_from_images(results),)

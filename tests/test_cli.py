@@ -115,6 +115,7 @@ def test_options_reach_the_engine(release, inputs, tmp_path, capsys, monkeypatch
     out, cache = tmp_path / "out", tmp_path / "cache"
     seen: dict[str, object] = {}
     real_load, real_prepare, real_colorize = ColorFlow.load, ColorFlow.prepare, ColorFlow.colorize
+    real_upscale = ColorFlow.upscale
 
     def load(*args, **kwargs):
         seen["load"] = kwargs
@@ -123,7 +124,12 @@ def test_options_reach_the_engine(release, inputs, tmp_path, capsys, monkeypatch
     def prepare(self, *args, **kwargs):
         contexts = real_prepare(self, *args, **kwargs)
         seen.setdefault("top_k", []).extend(ctx.retrieval.top_k_indices.shape[1] for ctx in contexts)
+        seen.setdefault("generator_device", []).append(kwargs["generator_device"])
         return contexts
+
+    def upscale(self, *args, **kwargs):
+        seen.setdefault("generator_device", []).append(kwargs["generator_device"])
+        return real_upscale(self, *args, **kwargs)
 
     def colorize(self, contexts, settings, **kwargs):
         seen.setdefault("colorize", []).append(settings)
@@ -132,13 +138,16 @@ def test_options_reach_the_engine(release, inputs, tmp_path, capsys, monkeypatch
     monkeypatch.setattr(ColorFlow, "load", load)
     monkeypatch.setattr(ColorFlow, "prepare", prepare)
     monkeypatch.setattr(ColorFlow, "colorize", colorize)
+    monkeypatch.setattr(ColorFlow, "upscale", upscale)
     extra = ["--guidance", "3", "--guider-scale", "0.5", "--top-k", "1", "--seed", "5", "--offload", "none",
-             "--no-sheets", "--pool-cache", str(cache), "--batch-size", "2"]
+             "--no-sheets", "--pool-cache", str(cache), "--batch-size", "2", "--generator-device", "cpu"]
     assert cli.main(_args(release, pages, refs, out, *extra)) == 0
     assert seen["load"]["speed"] == SpeedOptions(offload="none", compile=False)
     assert [s.seed for s in seen["colorize"]] == [5, 7]  # runs of 2 pages: pages 0-1, then page 2
     for settings in seen["colorize"]:
         assert (settings.guidance_scale, settings.guider_scale, settings.top_k, settings.batch_size) == (3, 0.5, 1, 2)
+        assert settings.generator_device == "cpu"
+    assert seen["generator_device"] == ["cpu"] * 5  # prepare for both runs, upscale for each of the 3 pages
     assert seen["top_k"] == [1, 1, 1]  # one reference patch retrieved per page patch
     assert sorted(p.name for p in out.glob("*.png")) == sorted(PAGE_NAMES)
     assert not (out / "sheets").exists() and not (out / cli.POOL_CACHE_DIR).exists()
@@ -162,6 +171,30 @@ def test_speed_options(extra, speed, release, inputs, tmp_path, capsys, monkeypa
     assert cli.main(_args(release, pages, refs, tmp_path / "out", *extra)) == cli.EXIT_ERROR
     assert seen["speed"] == speed
     assert "error: stop here" in capsys.readouterr().err
+
+
+def test_generator_device_option(release, inputs, tmp_path, capsys, monkeypatch) -> None:
+    """--generator-device: cpu by default (and in --help); cuda without a GPU (forced here, so the test
+    means the same on a GPU machine) is one clear error, exit 2, before anything loads."""
+    pages, refs = inputs
+    parser = cli.build_parser()
+    assert parser.parse_args(["colorize", "p", "--refs", "r", "--out", "o"]).generator_device == "cpu"
+    help_text = " ".join(parser._subparsers._group_actions[0].choices["colorize"].format_help().split())
+    assert "--generator-device {cpu,cuda}" in help_text and "default cpu" in help_text
+
+    def load(*args, **kwargs):
+        raise AssertionError("nothing may load when the generator device is unusable")
+
+    monkeypatch.setattr(ColorFlow, "load", load)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = tmp_path / "out"
+    assert cli.main(_args(release, pages, refs, out, "--generator-device", "cuda")) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "error: --generator-device 'cuda' needs an NVIDIA GPU" in err and "use 'cpu'" in err
+    assert "Traceback" not in err and not out.exists()
+    with pytest.raises(SystemExit) as exc:
+        cli.main(_args(release, pages, refs, out, "--generator-device", "mps"))
+    assert exc.value.code == 2 and "invalid choice: 'mps'" in capsys.readouterr().err
 
 
 def test_interrupt_keeps_finished_pages(release, inputs, tmp_path, capsys, monkeypatch) -> None:
@@ -190,10 +223,10 @@ def test_interrupt_keeps_finished_pages(release, inputs, tmp_path, capsys, monke
     ("no_pages", "no page images"),
     ("missing_models", "release files missing"),
     ("bad_size", "size"),
-    ("bad_steps", "steps"),
-    ("bad_guidance", "guidance_scale"),
-    ("bad_guider_scale", "guider_scale"),
-    ("bad_top_k", "top_k"),
+    ("bad_steps", "--steps"),
+    ("bad_guidance", "--guidance"),
+    ("bad_guider_scale", "--guider-scale"),
+    ("bad_top_k", "--top-k"),
 ])
 def test_errors_are_one_line_and_exit_2(problem, expected, release, inputs, tmp_path, capsys) -> None:
     pages, refs = inputs

@@ -11,6 +11,7 @@ import json
 import os
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.comfy_server import PACK_NAME, REPO, base_with_pack, running_server
@@ -87,6 +88,69 @@ def test_manga_workflow_runs(server, object_info):
     assert len(previews) == 1 and len(previews[0]["images"]) == 2  # one canvas per page
 
 
+@pytest.fixture(scope="module")
+def sketch_run(server) -> dict:
+    """The sketch style added to the server's tiny release (PixArt guider + LoRA, line extractor) and a
+    tiny PixArt-alpha base in models/diffusers/pixart_tiny (the node lists both as they appear), and the
+    overrides that run the storyboard workflow on them: one 96x64 frame, 2 steps."""
+    from colorflow_core.synthetic.pixart import write_pixart_base, write_pixart_style
+    from colorflow_core.synthetic.preprocess import write_line_extractor
+
+    release = server.base / "models" / "colorflow" / "tiny"
+    write_pixart_style(release, "sketch", "tiny", seed=70)
+    write_line_extractor(release, None, 80)
+    base = write_pixart_base(server.base / "models" / "diffusers" / "pixart_tiny", "tiny", seed=60)
+    # the hub folder's index, by which the node lists diffusers folders (the synthetic base has none)
+    (base / "model_index.json").write_text(json.dumps({
+        "_class_name": "PixArtAlphaPipeline", "scheduler": ["diffusers", "DPMSolverMultistepScheduler"],
+        "transformer": ["diffusers", "PixArtTransformer2DModel"], "vae": ["diffusers", "AutoencoderKL"]}))
+    return {**TINY, ("ColorFlowLoadModel", "base"): "diffusers/pixart_tiny", ("ColorFlowLoadImageSequence", "limit"): 1,
+            ("ColorFlowRetrieveReferences", "width"): 96, ("ColorFlowRetrieveReferences", "height"): 64}
+
+
+def _saved_pixels(server, prompt: dict, entry: dict) -> dict[str, list]:
+    """{SaveImage prefix: the saved images' pixels} of a finished run."""
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"], indent=1)[-3000:]
+    saved = {}
+    for node_id, output in entry["outputs"].items():
+        if prompt[node_id]["class_type"] == "SaveImage":
+            files = [server.base / "output" / i["subfolder"] / i["filename"] for i in output["images"]]
+            saved[prompt[node_id]["inputs"]["filename_prefix"]] = [list(Image.open(f).convert("RGB").getdata())
+                                                                   for f in files]
+    return saved
+
+
+def test_cfg_zero_takes_the_sketch_styles_default(server, object_info, sketch_run):
+    """The storyboard workflow (style sketch, PixArt) leaves cfg at 0: its pages are those of an explicit
+    4.5 (PixArt's default), not those of 7.5 (SD1.5's, the node's old default) nor of CFG off (1.0)."""
+    definitions = {k: {"input": v["input"], "output": tuple(v["output"])} for k, v in object_info.items()}
+    workflow = load_workflow(REPO / "workflows" / "storyboard_sequence.json")
+    runs = {}
+    for cfg in (None, 4.5, 7.5, 1.0):  # None: the workflow's own value
+        overrides = dict(sketch_run) if cfg is None else {**sketch_run, ("ColorFlowInContextColorize", "cfg"): cfg}
+        prompt = to_api(workflow, definitions, overrides)
+        colorize = next(e for e in prompt.values() if e["class_type"] == "ColorFlowInContextColorize")
+        assert colorize["inputs"]["cfg"] == (0 if cfg is None else cfg)
+        runs[cfg] = _saved_pixels(server, prompt, server.run(prompt))
+    assert set(runs[None]) == {"colorflow/storyboard", "colorflow/storyboard_hires"}
+    assert runs[None] == runs[4.5]
+    assert runs[None]["colorflow/storyboard"] != runs[7.5]["colorflow/storyboard"]
+    assert runs[None]["colorflow/storyboard"] != runs[1.0]["colorflow/storyboard"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine where torch finds no GPU")
+def test_cuda_draws_without_a_gpu_are_refused_clearly(server, object_info):
+    prompt = _manga_prompt(object_info)
+    upscale = next(k for k, v in prompt.items() if v["class_type"] == "ColorFlowGuidedUpscale")
+    prompt[upscale]["inputs"]["generator_device"] = "cuda"
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "error"
+    error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
+    assert error["node_type"] == "ColorFlowGuidedUpscale"
+    assert error["exception_type"] == "colorflow_core.errors.InputError"
+    assert error["exception_message"].startswith("Guided Upscale: generator_device 'cuda' needs an NVIDIA GPU")
+
+
 def test_bad_input_reaches_the_user_as_a_clear_message(server, object_info):
     # Before running: a missing release folder is refused by validation with an actionable text.
     prompt = _manga_prompt(object_info)
@@ -114,3 +178,24 @@ def test_bad_input_reaches_the_user_as_a_clear_message(server, object_info):
     error = next(m[1] for m in entry["status"]["messages"] if m[0] == "execution_error")
     assert error["exception_type"] == "colorflow_core.errors.InputError"
     assert error["exception_message"].startswith("Guided Upscale: 1 coloured pages but the context holds 2")
+
+
+def test_sd9_release_runs_the_manga_workflow(server):
+    """A release whose GraySD/ guider has 9 conditioning channels (a second release beside the server's
+    5-channel one, on the same tiny base) runs the manga workflow end to end; its guider acts."""
+    import shutil
+
+    from colorflow_core.synthetic import SD_BASE_DIR, write_release
+
+    release = server.base / "models" / "colorflow" / "tiny_sd9"
+    write_release(release, guider_channels=9)
+    shutil.rmtree(release / SD_BASE_DIR)  # the server's diffusers/sd_tiny is the same base (same seed)
+    info = server.get("/object_info")  # the release list as it is now
+    definitions = {k: {"input": v["input"], "output": tuple(v["output"])} for k, v in info.items()}
+    workflow = load_workflow(REPO / "workflows" / "manga_sequence.json")
+    runs = {}
+    for name in ("tiny", "tiny_sd9"):
+        prompt = to_api(workflow, definitions, {**TINY, ("ColorFlowLoadModel", "release"): name})
+        runs[name] = _saved_pixels(server, prompt, server.run(prompt))
+    assert [len(p) for p in runs["tiny_sd9"]["colorflow/manga_hires"]] == [96 * 144] * 2
+    assert runs["tiny_sd9"]["colorflow/manga"] != runs["tiny"]["colorflow/manga"]

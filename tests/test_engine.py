@@ -34,6 +34,23 @@ def test_bad_settings_raise_input_error(bad: dict) -> None:
         ColorizeSettings(**bad).validate()
 
 
+def test_cuda_generator_without_a_gpu_is_a_clear_input_error(monkeypatch) -> None:
+    """generator_device "cuda" needs a GPU torch can use: without one (forced here, so the test means the
+    same on a GPU machine) an InputError says so and names the way out, for settings and both stages."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    message = "generator_device 'cuda' needs an NVIDIA GPU.*use 'cpu'"
+    with pytest.raises(InputError, match=message):
+        ColorizeSettings(generator_device="cuda").validate()
+    engine = ColorFlow.__new__(ColorFlow)  # the checks come before any network is touched
+    with pytest.raises(InputError, match=message):
+        engine.prepare([], None, PageSize(64, 64), generator_device="cuda")
+    with pytest.raises(InputError, match=message):
+        engine.upscale([], [], generator_device="cuda")
+    ColorizeSettings(generator_device="cpu").validate()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    ColorizeSettings(generator_device="cuda").validate()  # with a GPU it is a valid choice
+
+
 def test_default_and_edge_settings_are_accepted() -> None:
     ColorizeSettings().validate()
     ColorizeSettings(steps=1, guidance_scale=0.0, guider_scale=0.0, top_k=1, seed=0, batch_size=1).validate()

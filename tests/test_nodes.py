@@ -261,3 +261,95 @@ def test_custom_size_is_snapped():
     with pytest.raises(InputError):
         page_size("huge", 64, 64)
     assert math.isfinite(page_size("custom", 5000, 5000).width)
+
+
+# ---- cfg follows the loaded style; where the random draws are made --------------------------------
+
+def test_cfg_defaults_to_the_styles_own_value_and_says_so():
+    from colorflow_core.engine import DEFAULT_GUIDANCE
+
+    cfg = InContextColorize.INPUT_TYPES()["required"]["cfg"][1]
+    assert cfg["default"] == 0 and cfg["min"] == 0
+    tooltip = cfg["tooltip"]
+    assert "0 (the default) = the loaded style's own default" in tooltip
+    for style, value in DEFAULT_GUIDANCE.items():  # the values the engine really uses, each named
+        assert f"{value:g} for {style}" in tooltip or f"{value:g} for sketch and shading" in tooltip, style
+    assert "1.0" in tooltip and "off" in tooltip  # how to turn CFG off now that 0 means "default"
+
+
+@pytest.mark.parametrize("cfg, expected", [(0, None), (0.0, None), (1.0, 1.0), (0.5, 0.5), (4.5, 4.5), (7.5, 7.5)])
+def test_cfg_reaches_the_engine(model, pool, monkeypatch, cfg, expected):
+    """0 → guidance_scale None (the engine picks the style's default); anything else as given (≤ 1: no CFG)."""
+    seen = []
+    real = type(model.engine).colorize
+
+    def spy(self, contexts, settings, **kwargs):
+        seen.append(settings)
+        return real(self, contexts, settings, **kwargs)
+
+    monkeypatch.setattr(type(model.engine), "colorize", spy)
+    context = _retrieve(model, pool, [_page(1, (64, 96))])[0]
+    InContextColorize().colorize(model, context, steps=1, cfg=cfg, guider_strength=1.0, seed=0)
+    assert seen[0].guidance_scale == expected and seen[0].generator_device == "cpu"
+
+
+def test_cfg_zero_gives_the_screenstyle_default(model, pool):
+    """On the SD1.5 (screenstyle) model cfg 0 colours exactly as 7.5, not as 4.5 or without CFG (1.0)."""
+    context = _retrieve(model, pool, [_page(1, (64, 96))])[0]
+
+    def run(cfg):
+        return InContextColorize().colorize(model, context, steps=1, cfg=cfg, guider_strength=1.0, seed=0)[0]
+
+    default = run(0.0)
+    assert torch.equal(default, run(7.5))
+    assert not torch.equal(default, run(4.5)) and not torch.equal(default, run(1.0))
+
+
+def test_generator_device_is_an_optional_input_everywhere_pages_are_drawn():
+    from colorflow_core.seeding import GENERATOR_DEVICES
+    from nodes.preprocess import ScreentonePreprocess
+
+    for cls in (InContextColorize, GuidedUpscale, RetrieveReferences, ScreentonePreprocess):
+        kind, options = cls.INPUT_TYPES()["optional"]["generator_device"]
+        assert kind == list(GENERATOR_DEVICES) == ["cpu", "cuda"] and options["default"] == "cpu", cls
+        assert "NVIDIA GPU" in options["tooltip"]
+
+
+def test_generator_device_reaches_the_engine(model, pool, monkeypatch):
+    """Each node hands its generator_device to the engine call that makes the draws."""
+    engine_cls = type(model.engine)
+    seen = {}
+    for name in ("prepare", "colorize", "upscale"):
+        real = getattr(engine_cls, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            settings = args[1] if _name == "colorize" else None
+            seen[_name] = settings.generator_device if settings is not None else kwargs["generator_device"]
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(engine_cls, name, spy)
+    context = RetrieveReferences().retrieve([model], [_page(1, (64, 96))], [pool], ["custom"], [W], [H], [3], [0],
+                                            names=None, generator_device=["cpu"])[0]
+    colored, _ = InContextColorize().colorize(model, context, steps=1, cfg=0, guider_strength=1.0, seed=0,
+                                              generator_device="cpu")
+    GuidedUpscale().upscale(model, colored, context, seed=0, generator_device="cpu")
+    assert seen == {"prepare": "cpu", "colorize": "cpu", "upscale": "cpu"}
+
+
+def test_cuda_draws_without_a_gpu_are_refused_clearly(model, pool, monkeypatch):
+    """No GPU (as on this CPU machine; forced so the test means the same on a GPU machine): one
+    InputError naming the option and the way out, before any network runs."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    context = _retrieve(model, pool, [_page(1, (64, 96))])[0]
+    message = "generator_device 'cuda' needs an NVIDIA GPU.*use 'cpu'"
+    with pytest.raises(InputError, match=message):
+        InContextColorize().colorize(model, context, steps=1, cfg=0, guider_strength=1.0, seed=0,
+                                     generator_device="cuda")
+    with pytest.raises(InputError, match=message):
+        GuidedUpscale().upscale(model, torch.rand(1, H, W, 3), context, seed=0, generator_device="cuda")
+    with pytest.raises(InputError, match=message):
+        RetrieveReferences().retrieve([model], [_page(1, (64, 96))], [pool], ["custom"], [W], [H], [3], [0],
+                                      generator_device=["cuda"])
+    with pytest.raises(InputError, match="generator_device must be one of cpu, cuda"):
+        InContextColorize().colorize(model, context, steps=1, cfg=0, guider_strength=1.0, seed=0,
+                                     generator_device="mps")

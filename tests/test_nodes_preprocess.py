@@ -155,6 +155,24 @@ def test_screentone_is_the_converter_with_seed_plus_page_index(converter, blend,
         assert not np.array_equal(_levels(out[0]), _levels(out[1]))  # page i draws its own noise
 
 
+def test_screentone_generator_device(monkeypatch):
+    """The node's generator_device reaches the converter's noise draw; cuda without a GPU (forced, so the
+    test means the same on a GPU machine) is refused before any network loads."""
+    seen = []
+    real = ScreenStyleConverter.screenstyle_condition
+
+    def spy(self, q15, seed, generator_device="unset"):
+        seen.append(generator_device)
+        return real(self, q15, seed, generator_device)
+
+    monkeypatch.setattr(ScreenStyleConverter, "screenstyle_condition", spy)
+    preprocess.ScreentonePreprocess().preprocess(_pages(1)[1], "tiny", 0, True, generator_device="cpu")
+    assert seen == ["cpu"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="generator_device 'cuda' needs an NVIDIA GPU"):
+        preprocess.ScreentonePreprocess().preprocess(_pages(1)[1], "partial", 0, True, generator_device="cuda")
+
+
 # ---- errors, cache, devices, progress, cancel ----------------------------------------------------
 
 def test_missing_release_files_give_the_weights_error(models):

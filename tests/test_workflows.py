@@ -72,9 +72,22 @@ def test_api_conversion(definitions):
     assert "Note" not in kinds and "LoadImage" not in kinds  # frontend-only and muted nodes dropped
     colorize = next(e for e in prompt.values() if e["class_type"] == "ColorFlowInContextColorize")
     assert colorize["inputs"]["steps"] == 2 and colorize["inputs"]["seed"] == 0
-    assert colorize["inputs"]["cfg"] == 7.5 and colorize["inputs"]["batch_size"] == 0  # after the "fixed" mode
+    assert colorize["inputs"]["batch_size"] == 0 and colorize["inputs"]["generator_device"] == "cpu"  # after "fixed"
     pool = next(e for e in prompt.values() if e["class_type"] == "ColorFlowReferencePool")
     assert "references" not in pool["inputs"]  # its source is muted
     retrieve_id, retrieve = next((k, e) for k, e in prompt.items() if e["class_type"] == "ColorFlowRetrieveReferences")
     assert retrieve["inputs"]["pool"][0] in prompt and isinstance(retrieve["inputs"]["pool"][1], int)
     assert colorize["inputs"]["context"] == [retrieve_id, 0]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_workflows_leave_cfg_and_draws_at_the_defaults(path, definitions):
+    """cfg 0 = the loaded style's own default (7.5 screenstyle, 4.5 sketch / shading), so a workflow
+    whose style is switched never keeps the other pipeline's guidance; the draws are made on the CPU."""
+    prompt = to_api(load_workflow(path), definitions)
+    for entry in prompt.values():
+        if entry["class_type"] == "ColorFlowInContextColorize":
+            assert entry["inputs"]["cfg"] == 0
+        if "generator_device" in entry["inputs"]:
+            assert entry["inputs"]["generator_device"] == "cpu", entry["class_type"]
+
