@@ -490,7 +490,7 @@ class ColorFlowCropUpscale:
             "colorflow_model": (COLORFLOW_MODEL_TYPE, {"tooltip": "The loaded ColorFlow model (its GSRP networks)."}),
             "context": (CONTEXT_TYPE, {"tooltip": "The same context ColorFlow Apply used."}),
             "canvases": ("IMAGE", {"tooltip": "VAEDecode of the KSampler output: one canvas per page."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
+            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                              "tooltip": "Seed of the GSRP posterior sample; page i uses seed + i + 5."}),
         }}
 

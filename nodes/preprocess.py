@@ -219,7 +219,7 @@ class ScreentonePreprocess:
                 "images": ("IMAGE", {"tooltip": "Pages to convert (colour or gray)."}),
                 "release": _release_input("ScreenStyle/ networks (generator and ScreenVAE decoder)"),
                 "seed": ("INT", {
-                    "default": 0, "min": 0, "max": MAX_SEED,
+                    "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the screentone noise; image i uses seed + i (as Retrieve References' "
                                "preprocess_seed).",
                 }),

@@ -38,8 +38,9 @@ class GuidedUpscale:
                                                  "canvases are centre-cropped; other sizes are resized to the page size."}),
                 "context": ("COLORFLOW_CONTEXT", {"tooltip": "From Retrieve References: holds the original "
                                                              "pages the upscale is guided by."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED,
-                                 "tooltip": "Seed of the VAE posterior sample; page i uses seed + i."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Seed of the VAE posterior sample; page i draws with seed + i + 5 "
+                                            "(the original's offset for this stage)."}),
             },
             "optional": {
                 "generator_device": generator_device_input("the VAE posterior samples"),

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.comfy_workflow import (
-    CORE_NODES, FREE_CHOICE, FRONTEND_ONLY, definitions_from_classes, load_workflow, to_api, validate_workflow,
+    CORE_NODES, FREE_CHOICE, FRONTEND_ONLY, definitions_from_classes, extra_widget_values, is_widget, load_workflow,
+    ordered_inputs, to_api, validate_workflow,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,3 +92,62 @@ def test_workflows_leave_cfg_and_draws_at_the_defaults(path, definitions):
         if "generator_device" in entry["inputs"]:
             assert entry["inputs"]["generator_device"] == "cpu", entry["class_type"]
 
+
+SEED_INPUTS = ("seed", "noise_seed")  # ComfyUI's frontend gives these a control widget ("randomize" unless saved)
+
+
+def test_every_seed_input_declares_its_control(definitions):
+    """So the shipped workflows can save the control's mode (else the frontend adds one set to randomize)."""
+    from nodes import NODE_CLASS_MAPPINGS
+
+    for kind in NODE_CLASS_MAPPINGS:
+        for name, _, options in ordered_inputs(definitions[kind]):
+            if name in SEED_INPUTS:
+                assert options.get("control_after_generate"), f"{kind}.{name}"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_shipped_seeds_are_fixed(path, definitions):
+    """A shipped workflow gives the same pages on every run: no seed control set to randomize."""
+    controls = 0
+    for node in load_workflow(path)["nodes"]:
+        if node["type"] in FRONTEND_ONLY:
+            continue
+        values, position = node.get("widgets_values") or [], 0
+        for name, input_type, options in ordered_inputs(definitions[node["type"]]):
+            if not is_widget(input_type, options):
+                continue
+            if options.get("control_after_generate"):
+                controls += 1
+                assert values[position + 1] == "fixed", f"node {node['id']} ({node['type']}).{name}: {values[position + 1]!r}"
+            position += 1 + extra_widget_values(input_type, options)
+    assert controls >= 2  # colorize (or KSampler + Apply) and the upscale
+
+
+TITLE_HEIGHT, SLOT_HEIGHT, WIDGET_HEIGHT = 30, 20, 24  # LiteGraph's title bar, slot row and widget row
+
+
+def _box(node: dict) -> tuple[float, float, float, float]:
+    """The node's rectangle on the canvas, title bar included (``pos`` is the body's top-left corner)."""
+    (x, y), (width, height) = node["pos"], node["size"]
+    return x, y - TITLE_HEIGHT, x + width, y + height
+
+
+def _least_height(node: dict, definition: dict) -> int:
+    """What the frontend needs for the node's slot rows and widget rows (it grows a node to that)."""
+    widgets = sum(1 + extra_widget_values(t, o) for _, t, o in ordered_inputs(definition) if is_widget(t, o))
+    slots = max(len(node.get("inputs") or []) - widgets, len(node.get("outputs") or []), 0)
+    return slots * SLOT_HEIGHT + widgets * WIDGET_HEIGHT
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_nodes_do_not_overlap_at_the_default_zoom(path, definitions):
+    nodes = load_workflow(path)["nodes"]
+    for node in nodes:
+        if node["type"] not in FRONTEND_ONLY and node["type"] in definitions:
+            assert node["size"][1] >= _least_height(node, definitions[node["type"]]), f"node {node['id']} too short"
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1:]:
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = _box(a), _box(b)
+            assert not (ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1), \
+                f"node {a['id']} ({a['type']}) overlaps node {b['id']} ({b['type']})"

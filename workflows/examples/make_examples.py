@@ -9,7 +9,12 @@ same PNGs byte for byte:
 - `storyboard/frames/shot1..3.png`: 16:9 line-only storyboard frames (640 x 360).
 - `storyboard/references/ref1..2.png`: coloured 16:9 frames of the same scene.
 
+`--thumbnails` instead writes the template browser's thumbnails, `workflows/<name>.jpg` beside each
+`workflows/<name>.json` (ComfyUI shows that file as the template's picture): a gray input beside a
+colour reference, from the PNGs above.
+
 Usage: python workflows/examples/make_examples.py [output folder, default: this folder]
+       python workflows/examples/make_examples.py --thumbnails
 """
 from __future__ import annotations
 
@@ -197,5 +202,39 @@ def main(out: Path) -> None:
         print(f"wrote {path} ({img.width}x{img.height} {img.mode})")
 
 
+# Each shipped workflow's thumbnail: (its gray input, a colour reference) under this folder.
+THUMBNAIL_SOURCES = {
+    "manga_sequence": ("manga/pages/page1.png", "manga/references/ref1.png"),
+    "manga_sequence_native": ("manga/pages/page2.png", "manga/references/ref2.png"),
+    "storyboard_sequence": ("storyboard/frames/shot1.png", "storyboard/references/ref1.png"),
+}
+THUMBNAIL_HEIGHT = 192
+
+
+def thumbnail(gray: Image.Image, reference: Image.Image, height: int = THUMBNAIL_HEIGHT) -> Image.Image:
+    """The gray input and a colour reference side by side, an arrow between them, on white."""
+    tiles = [im.convert("RGB").resize((round(im.width * height / im.height), height), Image.LANCZOS)
+             for im in (gray, reference)]
+    gap = height // 4
+    sheet = Image.new("RGB", (tiles[0].width + gap + tiles[1].width, height), (255, 255, 255))
+    sheet.paste(tiles[0], (0, 0))
+    sheet.paste(tiles[1], (tiles[0].width + gap, 0))
+    x0, x1, y = tiles[0].width + gap // 6, tiles[0].width + gap - gap // 6, height // 2
+    draw = ImageDraw.Draw(sheet)
+    draw.line((x0, y, x1 - gap // 4, y), fill=(60, 60, 60), width=max(2, gap // 10))
+    draw.polygon([(x1 - gap // 3, y - gap // 5), (x1, y), (x1 - gap // 3, y + gap // 5)], fill=(60, 60, 60))
+    return sheet
+
+
+def write_thumbnails(workflows: Path = HERE.parent) -> None:
+    for name, (gray, reference) in THUMBNAIL_SOURCES.items():
+        path = workflows / f"{name}.jpg"
+        thumbnail(Image.open(HERE / gray), Image.open(HERE / reference)).save(path, quality=85, optimize=True)
+        print(f"wrote {path}")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
+    if sys.argv[1:] == ["--thumbnails"]:
+        write_thumbnails()
+    else:
+        main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
