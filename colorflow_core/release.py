@@ -107,10 +107,6 @@ class ReleasePaths:
         return self.root / "GraySD"
 
     @property
-    def graysd_config(self) -> Path:
-        return self._component("graysd")[0]
-
-    @property
     def graysd_guider(self) -> Path:
         """`.safetensors` when present (a converted copy), else the released `.bin`."""
         return self._component("graysd")[1]
@@ -141,12 +137,6 @@ class ReleasePaths:
 
     def style_dir(self, style: str) -> Path:
         return self.root / self._style(style)
-
-    def style_config(self, style: str) -> Path:
-        return self._component(self._style(style))[0]
-
-    def style_guider(self, style: str) -> Path:
-        return self._component(self._style(style))[1]
 
     def style_lora(self, style: str) -> Path:
         return self._component(self._style(style))[2]

@@ -1,6 +1,8 @@
-"""The only module of the pack that imports ComfyUI (``comfy.*``, ``folder_paths``).
+"""The ComfyUI adapter of the self-contained nodes: they reach ComfyUI (``comfy.*``,
+``folder_paths``) only through this module. (`native.py`, which patches ComfyUI's own model
+objects, imports ``comfy`` itself.)
 
-Everything ComfyUI-specific the nodes need goes through here: the model folders, the progress bar,
+Everything ComfyUI-specific the self-contained nodes need goes through here: the model folders, the progress bar,
 the cancel button and the GPU memory manager. Outside ComfyUI (the CI tests, a plain Python
 session) each has a plain fallback: folders from ``$COLORFLOW_MODELS``, progress logged at debug
 level, no interruption, and the engine's own device handling.
