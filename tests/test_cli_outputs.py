@@ -388,21 +388,14 @@ def test_ctrl_c_before_the_pages_start_exits_130(release, inputs, tmp_path, caps
 
 # ---- 8. the output folder must not hold the inputs; "done" means a real image -------------------
 
-def test_output_folder_holding_the_pages_is_refused(release, inputs, capsys, no_load) -> None:
+@pytest.mark.parametrize("out, named", [("pages", "pages"), ("refs", "--refs")])
+def test_output_folder_holding_the_inputs_is_refused(out, named, release, inputs, capsys, no_load) -> None:
     pages, refs = inputs
-    assert cli.main(_args(release, pages, refs, pages)) == cli.EXIT_ERROR
+    assert cli.main(_args(release, pages, refs, {"pages": pages, "refs": refs}[out])) == cli.EXIT_ERROR
     line = _one_error(capsys.readouterr().err)
-    assert "--out" in line and "pages" in line
+    assert "--out" in line and named in line
     assert not no_load
     assert sorted(p.name for p in pages.iterdir()) == ["p1.png", "p2.png"]
-
-
-def test_output_folder_that_is_the_references_folder_is_refused(release, inputs, capsys, no_load) -> None:
-    pages, refs = inputs
-    assert cli.main(_args(release, pages, refs, refs)) == cli.EXIT_ERROR
-    line = _one_error(capsys.readouterr().err)
-    assert "--out" in line and "--refs" in line
-    assert not no_load
 
 
 def test_a_folder_named_like_an_output_is_not_a_done_page(release, inputs, tmp_path, capsys, no_load) -> None:
