@@ -32,7 +32,7 @@ from colorflow_core.guider import ColorGuiderSDModel
 from colorflow_core.lora import SD_UNET_LORA_TARGETS, add_lora_adapter
 from colorflow_core.retrieval import PATCHES_PER_REFERENCE, QUERY_PATCH_KINDS
 from colorflow_core.sizes import PageSize, parse_size
-from colorflow_core.synthetic.sd import SCALES, guider_config_from_unet, model_config
+from colorflow_core.testing.sd import SCALES, guider_config_from_unet, model_config
 from colorflow_core.upscale import encode_with_features, vae_feature_channels, vae_scale_factor
 
 from .flows import MODES, STAGES

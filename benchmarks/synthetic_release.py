@@ -1,4 +1,4 @@
-"""The benchmark's random-weight screenstyle release (`colorflow_core.synthetic.write_release`),
+"""The benchmark's random-weight screenstyle release (`colorflow_core.testing.write_release`),
 written once per work folder: speed does not depend on weight values, so ``full`` (SD1.5, ViT-H,
 rank-64 LoRA) measures what the real weights would and ``reduced`` lets a CPU finish a chapter.
 """
@@ -8,8 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from colorflow_core import synthetic
-from colorflow_core.synthetic.sd import SCALES
+from colorflow_core import testing
+from colorflow_core.testing.sd import SCALES
 
 __all__ = ["SCALES", "write_release"]
 _DONE = "benchmark-release.json"  # written last: a folder without it is incomplete and rewritten
@@ -25,6 +25,6 @@ def write_release(root: str | Path, scale: str = "full", lora_rank: int = 64, se
         return root
     if root.exists():
         shutil.rmtree(root)
-    synthetic.write_release(root, scale=scale, seed=seed, lora_rank=lora_rank, screentone=True)
+    testing.write_release(root, scale=scale, seed=seed, lora_rank=lora_rank, screentone=True)
     marker.write_text(json.dumps(wanted))
     return root

@@ -173,8 +173,8 @@ class PageBatchPipeline(ABC):
         seeds = page_seeds(seed, n)
         results: list[Any] = []
         done, total = 0, n * steps
-        for start in range(0, n, size):
-            idx = range(start, min(start + size, n))
+        for idx in performance.page_runs(range(n), size):
+            start = idx[0]
             scheduler = self.make_scheduler(steps)
             batch = self.prepare([canvases[i] for i in idx], [masks[i] for i in idx], [seeds[i] for i in idx],
                                  cfg, generator_device, scheduler.init_noise_sigma)

@@ -25,16 +25,16 @@ from typing import NoReturn, Sequence
 from PIL import Image
 from tqdm import tqdm
 
-from .engine import (DEFAULT_GUIDANCE, MAX_GUIDANCE, MAX_GUIDER_SCALE, MAX_SEED, MAX_STEPS, ColorFlow,
+from .engine import (DEFAULT_GUIDANCE, MAX_GUIDANCE, MAX_GUIDER_SCALE, MAX_STEPS, ColorFlow,
                      ColorizeSettings)
 from .errors import ColorFlowError, InputError, OutputError
 from .files import check_writable_folder, save_image_atomic
 from .images import (IMAGE_SUFFIXES, MAX_PIXELS_OPTION, broken_links, check_image_files, describe_broken_links,
                      list_image_files, load_image, max_image_pixels, natural_sort_key, set_max_image_pixels)
-from .performance import OFFLOAD_MODES, SpeedOptions
+from .performance import OFFLOAD_MODES, SpeedOptions, page_runs
 from .preprocess.styles import STYLES
 from .retrieval import MAX_TOP_K
-from .seeding import GENERATOR_DEVICES
+from .seeding import GENERATOR_DEVICES, MAX_SEED
 from .sizes import parse_size
 
 SHEETS_DIR = "sheets"
@@ -299,13 +299,7 @@ def check_output_locations(out: Path, pages: Sequence[Path], todo: Sequence[int]
 
 def _runs(indices: list[int], chunk: int) -> list[list[int]]:
     """Split chapter indices into runs of consecutive indices, each at most ``chunk`` long."""
-    runs: list[list[int]] = []
-    for k in indices:
-        if runs and runs[-1][-1] == k - 1 and len(runs[-1]) < chunk:
-            runs[-1].append(k)
-        else:
-            runs.append([k])
-    return runs
+    return page_runs(indices, chunk, lambda previous, k: k == previous + 1)
 
 
 def colorize_command(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""Image encoders that turn patches into embedding vectors for retrieval (spec §4.3, §7.10).
+"""Image encoders that turn patches into embedding vectors for retrieval.
 
 `CLIPImageEncoder` is the original's: the release's `image_encoder/` (a transformers
 `CLIPVisionModelWithProjection`) fed by `CLIPImageProcessor()` with its constructor defaults on the

@@ -6,7 +6,6 @@ owns the loaded networks of one style, and validates user settings up front so a
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,7 +17,7 @@ from torch import nn
 from . import performance
 from .batching import PageBatchPipeline
 from .encoders import CLIPImageEncoder, ImageEncoder
-from .errors import InputError, NumericalError, WeightsError
+from .errors import InputError, NumericalError, WeightsError, check_number
 from .fusion import MultiHiddenResNetModel
 from .images import image_source
 from .pipeline import ColorFlowSDPipeline
@@ -26,7 +25,7 @@ from .pixart import ColorFlowPixArtPipeline, load_pixart_style
 from .preprocess import STYLES, LineExtractor, ScreenStyleConverter, prepare_page
 from .release import PIXART_STYLES, ReleasePaths, find_release
 from .retrieval import MAX_TOP_K, ReferencePool, RetrievalResult, retrieve_many
-from .seeding import check_generator_device
+from .seeding import MAX_SEED, check_generator_device
 from .sizes import PRESETS, PageSize
 from .upscale import GuidedUpscaler, centre_crop
 
@@ -38,26 +37,10 @@ DEFAULT_GUIDANCE = {"screenstyle": ColorFlowSDPipeline.default_guidance, "sketch
 MAX_STEPS = 200
 MAX_GUIDANCE = 30.0
 MAX_GUIDER_SCALE = 5.0
-MAX_SEED = 2**63 - 1  # page i draws with seed + i + 5: stays inside torch's 64-bit seed range
 ENCODERS = ("clip",)
 # The offload mode is chosen at load, before any page size is known: plan for the official page area
 # (all presets are 512x800-sized).
 PLANNING_SIZE = PRESETS["512x800"]
-
-
-def _check_number(name: str, value: object, low: float, high: float, integer: bool = False) -> None:
-    """``value`` must be a (finite) number in [low, high]; integers where ``integer``."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
-        kind = "an integer" if integer else "a finite number"
-        raise InputError(f"{name} must be {kind} between {_limit(low)} and {_limit(high)}, got {value!r}")
-    if not low <= value <= high:
-        raise InputError(f"{name} must be between {_limit(low)} and {_limit(high)}, got {value!r}")
-
-
-def _limit(value: float) -> str:
-    """A limit as the user would type it: integers in full (never 9.22337e+18), floats short (30, 0.5)."""
-    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 @dataclass
@@ -75,14 +58,14 @@ class ColorizeSettings:
 
     def validate(self) -> None:
         """Raise one InputError naming the first unusable setting."""
-        _check_number("steps", self.steps, 1, MAX_STEPS, integer=True)
+        check_number("steps", self.steps, 1, MAX_STEPS, integer=True)
         if self.guidance_scale is not None:
-            _check_number("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)
-        _check_number("guider_scale", self.guider_scale, 0.0, MAX_GUIDER_SCALE)
-        _check_number("seed", self.seed, 0, MAX_SEED, integer=True)
-        _check_number("top_k", self.top_k, 1, MAX_TOP_K, integer=True)
+            check_number("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)
+        check_number("guider_scale", self.guider_scale, 0.0, MAX_GUIDER_SCALE)
+        check_number("seed", self.seed, 0, MAX_SEED, integer=True)
+        check_number("top_k", self.top_k, 1, MAX_TOP_K, integer=True)
         if self.batch_size is not None:
-            _check_number("batch_size", self.batch_size, 1, 1024, integer=True)
+            check_number("batch_size", self.batch_size, 1, 1024, integer=True)
         check_generator_device(self.generator_device)
 
 
@@ -219,8 +202,8 @@ class ColorFlow:
                 seed: int = 0, names: Sequence[str] | None = None, progress: ProgressFn | None = None,
                 generator_device: str = "cpu") -> list[PageContext]:
         """Style preprocessing (page i seeded seed + i) and retrieval → one context per page."""
-        _check_number("top_k", top_k, 1, MAX_TOP_K, integer=True)
-        _check_number("seed", seed, 0, MAX_SEED, integer=True)
+        check_number("top_k", top_k, 1, MAX_TOP_K, integer=True)
+        check_number("seed", seed, 0, MAX_SEED, integer=True)
         check_generator_device(generator_device)
         names = list(names) if names is not None else [""] * len(pages)
         if len(names) != len(pages):
@@ -268,7 +251,7 @@ class ColorFlow:
 
         ``colored[i]`` is the whole 2W x 2H colorized canvas (its centre is the page) or the W x H page.
         """
-        _check_number("seed", seed, 0, MAX_SEED, integer=True)
+        check_number("seed", seed, 0, MAX_SEED, integer=True)
         check_generator_device(generator_device)
         if len(contexts) != len(colored):
             raise InputError(f"{len(colored)} colorized canvases or pages for {len(contexts)} pages")

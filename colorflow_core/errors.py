@@ -1,6 +1,8 @@
 """Error types that reach users as one clear message (CLI exit text, ComfyUI error dialog)."""
 from __future__ import annotations
 
+import math
+
 
 class ColorFlowError(Exception):
     """Base class: every error this package raises on purpose is one of these."""
@@ -42,3 +44,19 @@ class NumericalError(ColorFlowError):
     def shifted(self, offset: int) -> "NumericalError":
         """The same error for pages ``offset`` further on (a batch inside a longer call)."""
         return NumericalError(self.stage, [p + offset if isinstance(p, int) else p for p in self.pages], self.hint)
+
+
+def check_number(name: str, value: object, low: float, high: float, integer: bool = False) -> None:
+    """``value`` must be a (finite) number in [low, high]; integers where ``integer``. The one range check
+    of the engine, the CLI and the nodes: an InputError naming ``name`` and the limits otherwise."""
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not math.isfinite(value):
+        kind = "an integer" if integer else "a finite number"
+        raise InputError(f"{name} must be {kind} between {_limit(low)} and {_limit(high)}, got {value!r}")
+    if not low <= value <= high:
+        raise InputError(f"{name} must be between {_limit(low)} and {_limit(high)}, got {value!r}")
+
+
+def _limit(value: float) -> str:
+    """A limit as the user would type it: integers in full (never 9.22337e+18), floats short (30, 0.5)."""
+    return str(value) if isinstance(value, int) else f"{value:g}"

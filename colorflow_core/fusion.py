@@ -1,4 +1,4 @@
-"""GSRP fusion network `MultiHiddenResNetModel` (spec §7.7) with per-page BatchNorm statistics.
+"""GSRP fusion network `MultiHiddenResNetModel` with per-page BatchNorm statistics.
 
 The original never calls ``.eval()`` on this network, so its BatchNorm layers normalise with the
 statistics of the (batch-1) image being processed and the stored running statistics are never

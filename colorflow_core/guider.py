@@ -1,4 +1,7 @@
-"""The SD1.5 ColorGuider (spec §7.1, Appendix A): a BrushNet-style branch built from upstream blocks.
+"""The SD1.5 ColorGuider: a BrushNet-style branch built from upstream blocks.
+
+The ColorGuider of the ColorFlow paper (arXiv 2412.11815), section "In-context Colorization
+Pipeline".
 
 A UNet-shaped encoder/decoder without cross-attention and without an output head; every
 intermediate activation passes through its own 1x1 "zero" conv and becomes a residual that

@@ -1,5 +1,6 @@
-"""The PixArt ColorGuider (spec §7.3): a half-depth, text-free PixArt branch whose per-block outputs
-are added to the main transformer's hidden states (injection: `pixart.inject_pixart_controls`).
+"""The PixArt ColorGuider (ColorFlow paper, arXiv 2412.11815): a half-depth, text-free PixArt branch
+whose per-block outputs are added to the main transformer's hidden states (injection:
+`pixart.inject_pixart_controls`).
 
 Built from upstream diffusers blocks with the original attribute names, so the released
 `sketch/` and `shading/` state dicts load strictly.

@@ -1,9 +1,10 @@
 """Reading pages and references, normalising their pixel modes, and fitting them to a page size.
 
-`process_image` is the original's fitting rule (spec §3.1) and is pixel-exact for RGB and L
-inputs. Everything else here exists so that any file a user drops in (PNG with alpha, 16-bit scans,
-palette GIFs, CMYK JPEGs) reaches it as plain 8-bit RGB or L, or fails with a message naming the
-file instead of a crash deep inside PIL or torch.
+`process_image` is the original's fitting rule (a plain resize, or a centre crop first when the
+aspect ratio differs too much) and is pixel-exact for RGB and L inputs. Everything else here exists
+so that any file a user drops in (PNG with alpha, 16-bit scans, palette GIFs, CMYK JPEGs) reaches
+it as plain 8-bit RGB or L, or fails with a message naming the file instead of a crash deep inside
+PIL or torch.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from .errors import InputError
 # Files that `list_image_files` treats as pages; everything else in a folder is skipped.
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 
-# Below this a "page" carries no usable content, and the crop arithmetic of §3.1 degenerates.
+# Below this a "page" carries no usable content, and `process_image`'s crop arithmetic degenerates.
 MIN_PAGE_SIDE = 8
 
-# Aspect distortion the original accepts before it centre-crops instead (§3.1).
+# Aspect distortion the original accepts before it centre-crops instead.
 _MAX_ASPECT_ERROR = 0.15
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def check_page(img: Image.Image, what: str = "image") -> None:
 
 
 def process_image(img: Image.Image, width: int, height: int) -> Image.Image:
-    """Fit an image to ``width`` x ``height`` exactly as the original's `process_image` (§3.1).
+    """Fit an image to ``width`` x ``height`` exactly as the original's `process_image`.
 
     Within 15 % of the target aspect ratio the image is resized straight (slight distortion);
     otherwise it is centre-cropped to the target ratio first. Resampling is bicubic. Differences

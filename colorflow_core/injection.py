@@ -1,4 +1,4 @@
-"""Adding the ColorGuider's residuals into an upstream SD UNet by hooks (spec §7.2).
+"""Adding the ColorGuider's residuals into an upstream SD UNet by hooks.
 
 The original forked `UNet2DConditionModel.forward`; hooks on the upstream model reproduce it exactly:
 residual 0 is added to the input of `down_blocks[0]` (so the first skip keeps the plain conv_in

@@ -1,4 +1,4 @@
-"""LoRA adapters of the release (spec §7.5): injected with peft, loaded strictly, optionally merged.
+"""Release LoRA adapters (alpha = rank): injected with peft, loaded strictly, optionally merged.
 
 The original adds the adapter and then loads the `.bin` with ``strict=False``, so a file whose names
 do not match silently contributes nothing. Here every tensor of the file must land on a parameter of

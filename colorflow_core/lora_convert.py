@@ -1,4 +1,4 @@
-"""The release's UNet LoRA (peft/diffusers names, spec §7.5) as a kohya-style LoRA state dict.
+"""The release's UNet LoRA (peft/diffusers names, alpha / rank = 1) as a kohya-style LoRA state dict.
 
 ComfyUI's own LoRA patching (and every LoRA loader built on it) reads the kohya layout
 ``lora_unet_<diffusers module path with "_">.lora_down.weight / .lora_up.weight / .alpha`` for

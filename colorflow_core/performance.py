@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import torch
 from torch import nn
@@ -105,6 +105,21 @@ def page_working_bytes(hw: tuple[int, int], dtype: torch.dtype,
     ``dtype`` (default: the UNet + guider CFG batch per latent pixel)."""
     h, w = hw
     return h * w * bytes_per_pixel * (torch.finfo(dtype).bits // 8)
+
+
+T = TypeVar("T")
+
+
+def page_runs(items: Iterable[T], limit: int, joins: Callable[[T, T], bool] = lambda a, b: True) -> list[list[T]]:
+    """Split ``items`` (pages, or their indices) into runs of consecutive items, each at most ``limit``
+    long; a run also ends wherever ``joins(previous, item)`` is False. How every stage batches pages."""
+    runs: list[list[T]] = []
+    for item in items:
+        if runs and len(runs[-1]) < limit and joins(runs[-1][-1], item):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    return runs
 
 
 def choose_batch_size(pages: int, device: str | torch.device, per_page_bytes: int,

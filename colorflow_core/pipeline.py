@@ -1,14 +1,17 @@
-"""In-context colorization (ICP) on SD1.5 + ColorGuider (spec §5), batched over pages.
+"""In-context colorization (ICP) on SD1.5 + ColorGuider, batched over pages.
+
+ICP is the "In-context Colorization Pipeline" of the ColorFlow paper (arXiv 2412.11815).
 
 Differences from the original, all keeping a page's numbers identical to a batch-1 run of it:
-- the "manga" / "" prompt embeddings are computed once at load (§11.19); the text encoder is not kept;
+- the "manga" / "" prompt embeddings are computed once at load (the original encodes them on
+  every call); the text encoder is not kept;
 - each conditioning image (the canvas, or for a 9-channel guider the canvas without its page and
   the page alone: `conditioning`) is VAE-encoded once and its posterior sampled with two different
   draws, one per CFG half (the original encodes two identical copies and samples both from the
   global RNG);
 - every random draw comes from an explicit generator seeded with ``seed + i`` for page i
   (ARCHITECTURE "Random draws"), so results do not depend on batch size or neighbours;
-- guidance ≤ 1 runs a single conditional pass (the original's batch-2 mask breaks there, §11.7).
+- guidance ≤ 1 runs a single conditional pass (the original's batch-2 mask breaks there).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from PIL import Image
 from .batching import PageBatchPipeline
 from .injection import inject_guider_residuals
 from .release import ReleasePaths, encode_clip_prompts, load_graysd, load_sd_base
+from .upscale import vae_scale_factor
 
 PROMPT = "manga"
 NEGATIVE_PROMPT = ""
@@ -51,7 +55,7 @@ class ColorFlowSDPipeline(PageBatchPipeline):
         `encode_clip_prompts`), so no text encoder is held."""
         self.unet, self.guider, self.vae = unet, guider, vae
         self.scheduler_config = dict(scheduler_config)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
+        self.image_processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor(vae))
         self.set_prompt_embeds(negative_embeds, prompt_embeds)
         self.to(device, dtype)
 

@@ -1,4 +1,6 @@
-"""In-context colorization on PixArt-alpha for the Sketch / Sketch_Shading styles (spec §5, §6, §7.4).
+"""In-context colorization on PixArt-alpha for the Sketch / Sketch_Shading styles.
+
+ICP ("In-context Colorization Pipeline" of the ColorFlow paper, arXiv 2412.11815) on PixArt.
 
 Differences from the original, all keeping a page's numbers identical to a batch-1 run of it:
 - the T5 embeddings of "manga" / "" are a cache file (`PromptEmbeddings`); T5-XXL (~9 GB) is loaded
@@ -33,6 +35,7 @@ from .guider_pixart import ColorGuiderPixArtModel
 from .lora import PIXART_LORA_TARGETS, infer_lora_rank, inject_lora, merge_lora
 from .pipeline import NEGATIVE_PROMPT, PROMPT
 from .release import PIXART_STYLES
+from .upscale import vae_scale_factor
 from .weights import load_state_dict_file
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,7 @@ WORKING_BYTES_PER_LATENT_PIXEL = 64 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
-# Guider → transformer injection (§7.4)
+# Guider → transformer injection (guider block outputs added to the transformer's hidden states)
 
 
 @contextmanager
@@ -165,7 +168,7 @@ def encode_manga_prompt(text_encoder: nn.Module, tokenizer: Any, max_sequence_le
 
 
 # ---------------------------------------------------------------------------------------------
-# The pipeline (§6)
+# The pipeline
 
 
 @dataclass
@@ -191,7 +194,7 @@ class ColorFlowPixArtPipeline(PageBatchPipeline):
         check_guider_fits(guider, transformer)
         self.transformer, self.guider, self.vae, self.prompt = transformer, guider, vae, prompt
         self.scheduler_config = dict(scheduler.config)
-        self.image_processor = VaeImageProcessor(vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
+        self.image_processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor(vae))
         self.to(device, dtype)
 
     def networks(self) -> dict[str, nn.Module]:

@@ -1,4 +1,6 @@
-"""Retrieval-Augmented Pipeline (spec §4): patches, a reusable reference pool, top-k, canvas, mask.
+"""Retrieval-Augmented Pipeline (RAP): patches, a reusable reference pool, top-k, canvas, mask.
+
+RAP is the "Retrieval-Augmented Pipeline" of the ColorFlow paper (arXiv 2412.11815).
 
 A page is cut into 4 overlapping query patches; every reference into 5 patches (whole + the same 4
 crops). Each query patch picks its top-k most similar reference patches (cosine similarity of CLIP
@@ -35,7 +37,7 @@ QUERY_PATCH_KINDS = ("top-left", "top-right", "bottom-left", "bottom-right")
 REFERENCE_PATCH_KINDS = ("whole",) + QUERY_PATCH_KINDS
 PATCHES_PER_REFERENCE = len(REFERENCE_PATCH_KINDS)
 
-# (row, col) of the canvas cell for [query patch][rank] (§4.4): best picks next to the page.
+# (row, col) of the canvas cell for [query patch][rank]: best picks next to the page.
 PLACEMENT_TABLE: tuple[tuple[tuple[int, int], ...], ...] = (
     ((1, 0), (0, 1), (0, 0)),
     ((1, 3), (0, 2), (0, 3)),
@@ -307,7 +309,7 @@ class RetrievalResult:
 
 
 def canvas_mask(size: PageSize) -> Image.Image:
-    """The original's mask resized to 2W x 2H with PIL bicubic (§4.5): 'L', 255 on the page."""
+    """The original's mask resized to 2W x 2H with PIL bicubic: 'L', 255 on the page."""
     mask = Image.new("L", (_MASK_SOURCE_SIZE, _MASK_SOURCE_SIZE), 0)
     low, high = _MASK_SQUARE
     mask.paste(255, (low, low, high, high))
@@ -316,7 +318,7 @@ def canvas_mask(size: PageSize) -> Image.Image:
 
 def latent_mask(mask: Image.Image, latent_hw: tuple[int, int]) -> torch.Tensor:
     """Guider mask channel (1, 1, h, w): 1 - R/255 bilinearly downsampled (align_corners False,
-    no antialias), i.e. 0 on the page and 1 on the references (§4.5)."""
+    no antialias), i.e. 0 on the page and 1 on the references."""
     red = mask.getchannel(0) if mask.mode != "L" else mask
     values = torch.from_numpy(np.asarray(red, dtype=np.float32) / 255.0)[None, None]
     return F.interpolate(1.0 - values, size=tuple(latent_hw), mode="bilinear", align_corners=False)
@@ -330,7 +332,7 @@ def _check_top_k(top_k: int) -> None:
 
 
 def _stitch(query: Image.Image, pool: ReferencePool, top_k_indices: torch.Tensor, size: PageSize) -> Image.Image:
-    """Canvas of §4.4: the page in the centre 2x2 cells, picks in 1-px white-framed cells."""
+    """The in-context canvas: the page in the centre 2x2 cells, picks in 1-px white-framed cells."""
     canvas = Image.new("RGB", size.canvas, "white")
     canvas.paste(query, (size.width // 2, size.height // 2))
     cell_w, cell_h = size.cell

@@ -12,6 +12,12 @@ from .errors import InputError
 
 SCREENTONE_SEED_OFFSET = 3  # the ScreenVAE decoder noise
 GSRP_SEED_OFFSET = 5  # the GSRP posterior sample
+# The largest seed any page of a call may use: page i draws with seed + i plus an offset above, which
+# stays inside the 64-bit seed range torch's generators take (2**64 - 1).
+MAX_SEED = 2**63 - 1
+# The ComfyUI nodes' seed widgets stop far lower (2**48 - 1): the frontend holds numbers as JavaScript
+# doubles (exact only up to 2**53), and a node run's pages use seed + i, so seed + pages stays below MAX_SEED.
+WIDGET_MAX_SEED = 0xFFFFFFFFFFFF
 # Where the generators live: "cpu" (the default: results do not depend on the GPU) or "cuda" (the
 # original demo's draws, which came from the global CUDA RNG; needs an NVIDIA GPU).
 GENERATOR_DEVICES = ("cpu", "cuda")

@@ -1,4 +1,4 @@
-"""Page sizes and the geometry every stage derives from them (spec §0, §4, §11.25).
+"""Page sizes and the geometry every stage derives from them.
 
 The original offers three sizes; the rules are size-generic. Width and height must be multiples of
 32 so the canvas latent (2W/8 x 2H/8) survives the UNet's three downsamplings, the 1.5x GSRP size is
@@ -77,6 +77,8 @@ class PageSize:
     @property
     def latent(self) -> tuple[int, int]:
         """Canvas latent size as (h, w) = (2H/8, 2W/8)."""
+        # 8: the SD / PixArt VAE downsampling, a fixed fact of both architectures (what
+        # upscale.vae_scale_factor computes from a loaded VAE); geometry is known before any VAE loads.
         return (2 * self.height // 8, 2 * self.width // 8)
 
 

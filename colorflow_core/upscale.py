@@ -1,4 +1,6 @@
-"""Guided Super-Resolution Pipeline (GSRP, spec §6, §7.6, §8) on an upstream diffusers ``AutoencoderKL``.
+"""Guided Super-Resolution Pipeline (GSRP) on an upstream diffusers ``AutoencoderKL``.
+
+GSRP is the "Guided Super-Resolution Pipeline" of the ColorFlow paper (arXiv 2412.11815).
 
 The original patched diffusers' VAE to return encoder features and to add fused features in the
 decoder. Here the same points are reached with hooks: forward hooks capture the outputs of
@@ -34,7 +36,7 @@ WORKING_BYTES_PER_PIXEL = 2 * 1024
 
 
 def centre_crop(canvas: Image.Image) -> Image.Image:
-    """The W x H query region in the middle of a 2W x 2H canvas (§8 step 1, the original's arithmetic)."""
+    """The W x H query region in the middle of a 2W x 2H canvas (the original's arithmetic)."""
     width, height = canvas.size
     new_w, new_h = width // 2, height // 2
     left, top = (width - new_w) // 2, (height - new_h) // 2
@@ -165,8 +167,9 @@ def to_model_input(image: Image.Image, device: torch.device | str, dtype: torch.
 
 
 def to_uint8_image(y: torch.Tensor) -> Image.Image:
-    """§8 step 8: ``trunc((y * 0.5 + 0.5) * 255)`` computed in ``y``'s dtype (fp16 in the demo: the fp16
-    product rounds first, e.g. 254.97 -> 255.0, exactly as the original's numpy fp16 arithmetic)."""
+    """The final 8-bit conversion: ``trunc((y * 0.5 + 0.5) * 255)`` computed in ``y``'s dtype
+    (fp16 in the demo: the fp16 product rounds first, e.g. 254.97 -> 255.0, exactly as the original's
+    numpy fp16 arithmetic)."""
     scaled = (y * 0.5 + 0.5) * 255
     array = scaled.clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array, "RGB")
@@ -249,13 +252,8 @@ class GuidedUpscaler:
     @staticmethod
     def _batches(guides: Sequence[Image.Image], batch_size: int) -> list[tuple[int, int]]:
         """(start, stop) of runs of at most ``batch_size`` consecutive pages that share a guide size."""
-        runs: list[list[int]] = []
-        for i, guide in enumerate(guides):
-            if runs and guide.size == guides[runs[-1][0]].size and i - runs[-1][0] < batch_size:
-                runs[-1][1] = i + 1
-            else:
-                runs.append([i, i + 1])
-        return [(start, stop) for start, stop in runs]
+        runs = performance.page_runs(range(len(guides)), batch_size, lambda a, b: guides[a].size == guides[b].size)
+        return [(run[0], run[-1] + 1) for run in runs]
 
     @staticmethod
     def _page_seeds(seeds: Sequence[int] | int, count: int) -> list[int]:

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from colorflow_core.errors import InputError
-from colorflow_core.seeding import GENERATOR_DEVICES
+from colorflow_core.seeding import GENERATOR_DEVICES, WIDGET_MAX_SEED
 
 from . import comfy
 from .tensors import tensor_from_images
+from .types import CONTEXT_TYPE, MODEL_TYPE
 from .widgets import widget_errors
 
-MAX_SEED = 0xFFFFFFFFFFFF  # page i uses seed + i: stay far below torch's 2**64 limit
 # cfg 0 = the loaded style's own default (engine.DEFAULT_GUIDANCE: 7.5 screenstyle, 4.5 sketch / shading;
 # spelled out here because the node module must not import the engine at ComfyUI start-up).
 STYLE_DEFAULT_CFG = 0.0
@@ -54,9 +54,9 @@ class InContextColorize:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("COLORFLOW_MODEL", {"tooltip": "From Load ColorFlow Model (the one used for Retrieve "
+                "model": (MODEL_TYPE, {"tooltip": "From Load ColorFlow Model (the one used for Retrieve "
                                                          "References)."}),
-                "context": ("COLORFLOW_CONTEXT", {"tooltip": "From Retrieve References."}),
+                "context": (CONTEXT_TYPE, {"tooltip": "From Retrieve References."}),
                 "steps": ("INT", {"default": 10, "min": 1, "max": 200,
                                   "tooltip": "Denoising steps (UniPC); the original demo uses 10."}),
                 "cfg": ("FLOAT", {"default": STYLE_DEFAULT_CFG, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
@@ -64,7 +64,7 @@ class InContextColorize:
                 "guider_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
                                               "tooltip": "ColorGuider conditioning scale: how strongly the page "
                                                          "and references steer the diffusion (1.0 = as trained)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                "seed": ("INT", {"default": 0, "min": 0, "max": WIDGET_MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Random seed; page i uses seed + i."}),
             },
             "optional": {

@@ -7,6 +7,7 @@ from pathlib import Path
 from colorflow_core.errors import WeightsError
 
 from . import comfy
+from .types import MODEL_TYPE
 
 # colorflow_core.release and .engine import diffusers / transformers / peft: they are imported
 # inside the functions so that ComfyUI's start-up does not pay for them.
@@ -114,7 +115,7 @@ class LoadColorFlowModel:
     )
     CATEGORY = "ColorFlow"
     FUNCTION = "load"
-    RETURN_TYPES = ("COLORFLOW_MODEL",)
+    RETURN_TYPES = (MODEL_TYPE,)
     RETURN_NAMES = ("model",)
     OUTPUT_TOOLTIPS = ("The loaded ColorFlow model, for Reference Pool, Retrieve References, In-Context Colorize "
                        "and Guided Upscale.",)

@@ -8,7 +8,7 @@ any LoraLoader chain) is patched instead, so KSampler, ControlNetApply and style
   CFG layout (``transformer_options["cond_or_uncond"]``, each chunk holding every page in order);
 * its conditioning is that of the self-contained pipeline (`colorflow_core.conditioning`: 5 or 9
   channels, as the guider's config says), encoded by the graph's VAE;
-* its 12 down / 1 mid / 15 up residuals (spec §7.2) enter through ComfyUI's block patches:
+* its 12 down / 1 mid / 15 up residuals enter through ComfyUI's block patches:
   down 0 after the first skip was saved (``input_block_patch_after_skip``), down 1..11 before the
   skip is saved (``input_block_patch``), mid and each output block's last residual at the start of
   the next output block (``output_block_patch``). ComfyUI has no patch point inside an output block
@@ -32,13 +32,14 @@ import torch
 from PIL import Image
 
 from colorflow_core.conditioning import conditioning_images, guider_conditioning
-from colorflow_core.errors import InputError, WeightsError
+from colorflow_core.errors import InputError, WeightsError, check_number
 from colorflow_core.seeding import page_seeds
 
 from . import comfy as comfy_env
-from .colorize import MAX_SEED
+from .colorize import WIDGET_MAX_SEED
 from .model import list_releases, resolve_release
 from .tensors import images_from_tensors, tensor_from_images
+from .types import CONTEXT_TYPE, MODEL_TYPE, NATIVE_RELEASE_TYPE
 
 if TYPE_CHECKING:  # diffusers is imported when a node runs, not when ComfyUI loads the pack
     from colorflow_core.guider import ColorGuiderSDModel, GuiderResiduals
@@ -51,11 +52,6 @@ DiagonalGaussianRegularizer = UNetModel = Upsample = None
 GUIDER_FOLDER, LORA_FILE = "GraySD", "unet_lora.bin"
 _UNCOND_INDEX = 1  # index of the negative prompt in comfy.samplers.sampling_function's conds list
 PATCH_KEY = "colorflow"  # key of our wrapper, our additional model and the per-call feed
-# Node-pack types shared with the self-contained nodes (nodes helper): the Retrieve References
-# output and the loaded ColorFlow model (for Guided Upscale).
-CONTEXT_TYPE = "COLORFLOW_CONTEXT"
-COLORFLOW_MODEL_TYPE = "COLORFLOW_MODEL"
-NATIVE_RELEASE_TYPE = "COLORFLOW_NATIVE_RELEASE"
 
 
 def _require_comfy() -> None:
@@ -113,7 +109,7 @@ class ResidualSlots:
 
 
 def residual_slots(diffusion_model: torch.nn.Module) -> ResidualSlots:
-    """One down residual per input block; per output block one, plus one before an Upsample (§7.2)."""
+    """One down residual per input block; per output block one, plus one before an Upsample."""
     _require_comfy()
     post: list[int] = []
     pre: dict[int, int] = {}
@@ -146,7 +142,7 @@ def _added(h: torch.Tensor, residual: torch.Tensor, where: str) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Conditioning latents (spec §5 step 5), once per page
+# Conditioning latents (VAE-encoded canvas / page images for the guider), once per page
 # ---------------------------------------------------------------------------------------------
 
 def conditioning_latents(vae: Any, canvases: Sequence[Image.Image], masks: Sequence[Image.Image],
@@ -195,7 +191,7 @@ class _Feed:
 
 
 def _input_block_patch(h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
-    """Down residuals 1.. : added before ComfyUI stores the skip (the sum is the skip, §7.2 step 2)."""
+    """Down residuals 1.. : added before ComfyUI stores the skip (the sum is the skip)."""
     feed = transformer_options.get(PATCH_KEY)
     block = transformer_options["block"][1]
     if feed is None or block == 0:
@@ -204,7 +200,7 @@ def _input_block_patch(h: torch.Tensor, transformer_options: dict) -> torch.Tens
 
 
 def _input_block_patch_after_skip(h: torch.Tensor, transformer_options: dict) -> torch.Tensor:
-    """Down residual 0: the skip keeps conv_in's plain output, the path goes on with the sum (§7.2 step 1)."""
+    """Down residual 0: the skip keeps conv_in's plain output, the path goes on with the sum)."""
     feed = transformer_options.get(PATCH_KEY)
     if feed is None or transformer_options["block"][1] != 0:
         return h
@@ -249,7 +245,7 @@ class _GuiderWrapper:
         if x.shape[0] % len(chunks) or x.shape[0] // len(chunks) != pages:
             raise InputError(f"ColorFlow: the sampled latent batch has {x.shape[0] // len(chunks)} page(s) per "
                              f"prompt but the retrieval context has {pages}; use the LATENT from ColorFlow Apply")
-        if tuple(x.shape[-2:]) != (h, w):
+        if tuple(x.shape[-2:]) != (h, w):  # px = 8 x latent: the SD1.5 VAE (a fact of the architecture)
             raise InputError(f"ColorFlow: the sampled latent is {x.shape[-1] * 8}x{x.shape[-2] * 8} px but the "
                              f"canvas is {w * 8}x{h * 8}; use the LATENT from ColorFlow Apply (and no area conditioning)")
         # ComfyUI's sampling_function batches conds = [positive, negative]: entry 1 is the negative
@@ -332,8 +328,7 @@ def patch_model(model: Any, guider_patcher: Any, conditioning: torch.Tensor, *, 
     """A clone of the SD1.5 ``model`` carrying the ColorGuider (per-page ``conditioning`` (P,2,C,h,w)) and LoRA."""
     for name, value, low, high in (("guider strength", strength, 0.0, 5.0), ("LoRA strength", lora_strength, -5.0, 5.0),
                                    ("start percent", start_percent, 0.0, 1.0), ("end percent", end_percent, 0.0, 1.0)):
-        if not (low <= value <= high):  # also refuses NaN
-            raise InputError(f"{name} must be between {low} and {high}, got {value}")
+        check_number(name, value, low, high)
     if start_percent > end_percent:
         raise InputError(f"start percent {start_percent} is after end percent {end_percent}")
     check_sd15(model)
@@ -441,7 +436,7 @@ class ColorFlowApply:
                                         "tooltip": "The guider acts from this point of the schedule on."}),
             "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001,
                                       "tooltip": "The guider acts up to this point of the schedule."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+            "seed": ("INT", {"default": 0, "min": 0, "max": WIDGET_MAX_SEED, "control_after_generate": True,
                              "tooltip": "Page i's conditioning posterior sample uses seed + i."}),
         }}
 
@@ -487,10 +482,10 @@ class ColorFlowCropUpscale:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "colorflow_model": (COLORFLOW_MODEL_TYPE, {"tooltip": "The loaded ColorFlow model (its GSRP networks)."}),
+            "colorflow_model": (MODEL_TYPE, {"tooltip": "The loaded ColorFlow model (its GSRP networks)."}),
             "context": (CONTEXT_TYPE, {"tooltip": "The same context ColorFlow Apply used."}),
             "canvases": ("IMAGE", {"tooltip": "VAEDecode of the KSampler output: one canvas per page."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+            "seed": ("INT", {"default": 0, "min": 0, "max": WIDGET_MAX_SEED, "control_after_generate": True,
                              "tooltip": "Seed of the GSRP posterior sample; page i uses seed + i + 5."}),
         }}
 

@@ -13,6 +13,7 @@ from colorflow_core.sizes import PageSize
 from . import comfy
 from .paths import folder_images
 from .tensors import images_from_tensors
+from .types import POOL_TYPE
 
 
 class ReferenceSet:
@@ -57,7 +58,7 @@ class ReferencePoolNode:
     CATEGORY = "ColorFlow"
     FUNCTION = "build"
     INPUT_IS_LIST = True
-    RETURN_TYPES = ("COLORFLOW_POOL",)
+    RETURN_TYPES = (POOL_TYPE,)
     RETURN_NAMES = ("pool",)
     OUTPUT_TOOLTIPS = ("The reference pool, for Retrieve References.",)
 

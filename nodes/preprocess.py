@@ -8,7 +8,6 @@ they need not stay in VRAM between runs.
 """
 from __future__ import annotations
 
-import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,14 +16,14 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import torch
 from PIL import Image
 
-from colorflow_core.errors import InputError, WeightsError
+from colorflow_core.errors import WeightsError, check_number
 from colorflow_core.images import check_page
 from colorflow_core.preprocess.holder import NetworkHolder
 from colorflow_core.seeding import check_generator_device
 from colorflow_core.preprocess.shading import DARK_BELOW, FLAT_GRAY, LINE_ABOVE, MID_BELOW
 
 from . import comfy
-from .colorize import MAX_SEED, generator_device_input
+from .colorize import WIDGET_MAX_SEED, generator_device_input
 from .model import list_releases, resolve_release
 from .tensors import images_from_tensors, tensor_from_images
 from .widgets import widget_errors
@@ -122,16 +121,14 @@ def _release_input(what: str) -> tuple:
 
 
 def _level(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0 <= value <= 255:
-        raise InputError(f"Extract Line Art: {name} must be a gray level between 0 and 255, got {value!r}")
+    check_number(f"Extract Line Art: {name} (a gray level)", value, 0, 255)
     return value
 
 
 class ExtractLineArt:
     """The line image ColorFlow's sketch styles are conditioned on (the release's `LE/erika.pth`), or
     with `shading` on the Sketch+Shading condition: black where the page is dark, flat gray on the
-    mid-tone background (spec §3.5)."""
+    mid-tone background."""
 
     DESCRIPTION = (
         "Extracts the line art of each image with ColorFlow's line network (LE/erika.pth of the release): the "
@@ -199,7 +196,7 @@ class ExtractLineArt:
 
 class ScreentonePreprocess:
     """The GrayImage(ScreenStyle) condition: the page rendered as screentone by the release's
-    ScreenStyle networks, blended 50/50 with the page's gray (spec §3.3)."""
+    ScreenStyle networks, blended 50/50 with the page's gray."""
 
     DESCRIPTION = (
         "Renders each image as screentoned manga with ColorFlow's ScreenStyle networks (ScreenStyle/ of the "
@@ -219,7 +216,7 @@ class ScreentonePreprocess:
                 "images": ("IMAGE", {"tooltip": "Pages to convert (colour or gray)."}),
                 "release": _release_input("ScreenStyle/ networks (generator and ScreenVAE decoder)"),
                 "seed": ("INT", {
-                    "default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                    "default": 0, "min": 0, "max": WIDGET_MAX_SEED, "control_after_generate": True,
                     "tooltip": "Seed of the screentone noise; image i uses seed + i (as Retrieve References' "
                                "preprocess_seed).",
                 }),
@@ -239,8 +236,7 @@ class ScreentonePreprocess:
         return _validate_release(release, "screentone")
 
     def preprocess(self, images, release: str, seed: int, blend: bool = True, generator_device: str = "cpu"):
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-            raise InputError(f"Screentone Preprocess: seed must be an integer between 0 and {MAX_SEED}, got {seed!r}")
+        check_number("Screentone Preprocess: seed", seed, 0, WIDGET_MAX_SEED, integer=True)
         with widget_errors("Screentone Preprocess"):
             check_generator_device(generator_device)
         pages = _pages(images, "Screentone Preprocess")

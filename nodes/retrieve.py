@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from colorflow_core.errors import InputError
+from colorflow_core.errors import InputError, check_number
 from colorflow_core.images import check_page
-from colorflow_core.seeding import check_generator_device
+from colorflow_core.retrieval import MAX_TOP_K
+from colorflow_core.seeding import MAX_SEED, WIDGET_MAX_SEED, check_generator_device
 from colorflow_core.sizes import MAX_SIDE, MIN_SIDE, PRESETS, SIZE_MULTIPLE, PageSize
 
 from . import comfy
 from .colorize import generator_device_input
 from .tensors import images_from_tensors, mask_from_images, tensor_from_images
+from .types import CONTEXT_TYPE, MODEL_TYPE, POOL_TYPE
 from .widgets import widget_errors
 
 CUSTOM = "custom"
@@ -62,7 +64,7 @@ class RetrieveReferences:
     CATEGORY = "ColorFlow"
     FUNCTION = "retrieve"
     INPUT_IS_LIST = True
-    RETURN_TYPES = ("COLORFLOW_CONTEXT", "IMAGE", "MASK")
+    RETURN_TYPES = (CONTEXT_TYPE, "IMAGE", "MASK")
     RETURN_NAMES = ("context", "canvases", "masks")
     OUTPUT_TOOLTIPS = (
         "Preprocessed pages with their retrieved references, for In-Context Colorize and Guided Upscale.",
@@ -74,10 +76,10 @@ class RetrieveReferences:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("COLORFLOW_MODEL", {"tooltip": "From Load ColorFlow Model."}),
+                "model": (MODEL_TYPE, {"tooltip": "From Load ColorFlow Model."}),
                 "pages": ("IMAGE", {"tooltip": "The black-and-white pages, in reading order: a batch or a list "
                                                "of any sizes (e.g. from Load Image Sequence)."}),
-                "pool": ("COLORFLOW_POOL", {"tooltip": "From Reference Pool."}),
+                "pool": (POOL_TYPE, {"tooltip": "From Reference Pool."}),
                 "size": (list(SIZE_CHOICES), {
                     "default": "512x800",
                     "tooltip": "Page size W x H the model works at (the three sizes ColorFlow was trained on), "
@@ -92,11 +94,11 @@ class RetrieveReferences:
                     "tooltip": "Custom page height (size = custom only), rounded to a multiple of 32.",
                 }),
                 "top_k": ("INT", {
-                    "default": 3, "min": 1, "max": 3,
-                    "tooltip": "Reference patches placed per page patch (the canvas has room for 3).",
+                    "default": 3, "min": 1, "max": MAX_TOP_K,
+                    "tooltip": f"Reference patches placed per page patch (the canvas has room for {MAX_TOP_K}).",
                 }),
                 "preprocess_seed": ("INT", {
-                    "default": 0, "min": 0, "max": 0xFFFFFFFFFFFF,
+                    "default": 0, "min": 0, "max": WIDGET_MAX_SEED,
                     "tooltip": "Seed of the ScreenStyle screentone noise; page i uses seed + i.",
                 }),
             },
@@ -112,13 +114,11 @@ class RetrieveReferences:
     def retrieve(self, model, pages, pool, size, width, height, top_k, preprocess_seed, names=None,
                  generator_device=None):
         model, pool = _first(model, "model"), _first(pool, "pool")
-        from colorflow_core.engine import MAX_SEED, MAX_TOP_K, _check_number
-
         top_k, preprocess_seed = _first(top_k, "top_k"), _first(preprocess_seed, "preprocess_seed")
         with widget_errors("Retrieve References"):  # the widgets, checked before any model runs
             target = page_size(_first(size, "size"), _first(width, "width"), _first(height, "height"))
-            _check_number("top_k", top_k, 1, MAX_TOP_K, integer=True)
-            _check_number("preprocess_seed", preprocess_seed, 0, MAX_SEED, integer=True)
+            check_number("top_k", top_k, 1, MAX_TOP_K, integer=True)
+            check_number("preprocess_seed", preprocess_seed, 0, MAX_SEED, integer=True)
             generator_device = check_generator_device(_first(generator_device or ["cpu"], "generator_device"))
         page_images = images_from_tensors(pages, "Retrieve References: pages")
         names = [str(n) for n in names] if names else []

@@ -8,8 +8,9 @@ from colorflow_core.images import check_page
 from colorflow_core.seeding import check_generator_device
 
 from . import comfy
-from .colorize import MAX_SEED, generator_device_input
+from .colorize import WIDGET_MAX_SEED, generator_device_input
 from .tensors import images_from_tensors, tensor_from_images
+from .types import CONTEXT_TYPE, MODEL_TYPE
 from .widgets import widget_errors
 
 
@@ -32,13 +33,13 @@ class GuidedUpscale:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("COLORFLOW_MODEL", {"tooltip": "From Load ColorFlow Model."}),
+                "model": (MODEL_TYPE, {"tooltip": "From Load ColorFlow Model."}),
                 "colored": ("IMAGE", {"tooltip": "The coloured pages (In-Context Colorize's colored output, or "
                                                  "edited versions of it), one per context page, in order. Whole "
                                                  "canvases are centre-cropped; other sizes are resized to the page size."}),
-                "context": ("COLORFLOW_CONTEXT", {"tooltip": "From Retrieve References: holds the original "
+                "context": (CONTEXT_TYPE, {"tooltip": "From Retrieve References: holds the original "
                                                              "pages the upscale is guided by."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                "seed": ("INT", {"default": 0, "min": 0, "max": WIDGET_MAX_SEED, "control_after_generate": True,
                                  "tooltip": "Seed of the VAE posterior sample; page i draws with seed + i + 5 "
                                             "(the original's offset for this stage)."}),
             },

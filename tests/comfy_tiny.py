@@ -8,7 +8,7 @@ from pathlib import Path
 def write_tiny_release(release: Path, base: Path) -> None:
     """``release``: GraySD/ (guider, LoRA, GSRP fusion) + image_encoder/; ``base``: a tiny SD1.5-shaped
     diffusers folder (where ComfyUI's model folders keep it, apart from the release)."""
-    from colorflow_core.synthetic import SD_BASE_DIR, write_release
+    from colorflow_core.testing import SD_BASE_DIR, write_release
 
     write_release(release)
     shutil.move(str(release / SD_BASE_DIR), str(base))

@@ -3,7 +3,7 @@
 - an SD1.5 checkpoint ComfyUI detects as SD15 (UNet: model_channels 320, two levels instead of
   four; the SD VAE and CLIP-L text encoder at their real shapes, which ComfyUI's loaders fix);
 - a kohya-style style LoRA and an ldm-format ControlNet for that UNet;
-- a ColorFlow release folder holding only ``GraySD/`` (`synthetic.sd.write_graysd` for that UNet: a
+- a ColorFlow release folder holding only ``GraySD/`` (`testing.sd.write_graysd` for that UNet: a
   ColorGuider of the same two-level shape and a ColorFlow UNet LoRA in the release's peft key form).
 Needs ComfyUI importable (see native_support.comfy_or_skip): its own key maps and ControlNet class
 build the ldm-format files.
@@ -17,7 +17,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from colorflow_core.synthetic.sd import write_graysd
+from colorflow_core.testing.sd import write_graysd
 from tests.native_support import fill_random
 
 DIFFUSERS_UNET = dict(block_out_channels=(320, 320), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),

@@ -37,7 +37,7 @@ from colorflow_core.engine import MAX_SEED, ColorFlow
 from colorflow_core.errors import ColorFlowError
 from colorflow_core.images import IMAGE_SUFFIXES
 from colorflow_core.sizes import PageSize
-from colorflow_core.synthetic import write_release
+from colorflow_core.testing import write_release
 from nodes import comfy as comfy_glue
 from nodes.colorize import InContextColorize
 from nodes.pool import ReferencePoolNode

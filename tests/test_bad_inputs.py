@@ -23,7 +23,7 @@ from colorflow_core.errors import ColorFlowError, InputError, NumericalError, We
 from colorflow_core.images import check_image_files, list_image_files, load_image
 from colorflow_core.lora import infer_lora_rank
 from colorflow_core.sizes import PageSize
-from colorflow_core.synthetic import write_release
+from colorflow_core.testing import write_release
 from colorflow_core.weights import load_state_dict_file
 
 SIZE = "64x64"

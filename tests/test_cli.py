@@ -15,7 +15,7 @@ from colorflow_core.engine import ColorFlow
 from colorflow_core.errors import InputError
 from colorflow_core.performance import SpeedOptions
 from colorflow_core.retrieval import PATCHES_PER_REFERENCE, QUERY_PATCH_KINDS
-from colorflow_core.synthetic import write_release
+from colorflow_core.testing import write_release
 from conftest import REPO_ROOT
 
 PAGE_NAMES = ["p1.png", "p2.png", "p10.png"]

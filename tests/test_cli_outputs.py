@@ -24,7 +24,7 @@ from colorflow_core.errors import InputError, OutputError
 from colorflow_core.files import atomic_write, check_writable_folder, save_image_atomic
 from colorflow_core.retrieval import REFERENCE_PATCH_KINDS, ReferencePool
 from colorflow_core.sizes import PageSize
-from colorflow_core.synthetic import write_release
+from colorflow_core.testing import write_release
 from conftest import REPO_ROOT
 
 LONG_STEM = "a" * 240  # + ".png": a valid file name (244 bytes); its old temporary names were not

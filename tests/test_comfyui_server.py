@@ -93,8 +93,8 @@ def sketch_run(server) -> dict:
     """The sketch style added to the server's tiny release (PixArt guider + LoRA, line extractor) and a
     tiny PixArt-alpha base in models/diffusers/pixart_tiny (the node lists both as they appear), and the
     overrides that run the storyboard workflow on them: one 96x64 frame, 2 steps."""
-    from colorflow_core.synthetic.pixart import write_pixart_base, write_pixart_style
-    from colorflow_core.synthetic.preprocess import write_line_extractor
+    from colorflow_core.testing.pixart import write_pixart_base, write_pixart_style
+    from colorflow_core.testing.preprocess import write_line_extractor
 
     release = server.base / "models" / "colorflow" / "tiny"
     write_pixart_style(release, "sketch", "tiny", seed=70)
@@ -185,7 +185,7 @@ def test_sd9_release_runs_the_manga_workflow(server):
     5-channel one, on the same tiny base) runs the manga workflow end to end; its guider acts."""
     import shutil
 
-    from colorflow_core.synthetic import SD_BASE_DIR, write_release
+    from colorflow_core.testing import SD_BASE_DIR, write_release
 
     release = server.base / "models" / "colorflow" / "tiny_sd9"
     write_release(release, guider_channels=9)

@@ -264,7 +264,7 @@ def test_a_bfloat16_engine_runs_the_whole_chain_close_to_float32(loaded) -> None
 def pixart_release(request, tmp_path_factory) -> tuple[Path, Path]:
     """The case's weights plus the line extractor the sketch styles need (rebuilt from the sd case's
     manifest, README "LE/"), and `shading/` as a copy of the case's style folder."""
-    from colorflow_core.synthetic.preprocess import write_line_extractor
+    from colorflow_core.testing.preprocess import write_line_extractor
     from conftest import parity_cases
 
     case: Path = request.param
@@ -312,7 +312,7 @@ def test_screentone_conversion_is_wired_with_the_page_seed(case: Path, tmp_path:
     """With ScreenStyle networks present, page i's condition = guide = the converter's output for the
     page fitted to 1.5W x 1.5H with seed + i (checked against the converter called directly)."""
     from colorflow_core.images import process_image
-    from colorflow_core.synthetic.preprocess import write_screenstyle
+    from colorflow_core.testing.preprocess import write_screenstyle
     from colorflow_core.preprocess.screentone import G_RGB2INTSCR_FILE, SCREENVAE_DEC_FILE
 
     for sub in ("GraySD", "image_encoder", "base"):

@@ -11,7 +11,7 @@ from torch import nn
 
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.fusion import MultiHiddenResNetModel, PageBatchNorm2d, level_widths
-from colorflow_core.synthetic.fusion import write_multiresnet
+from colorflow_core.testing.fusion import write_multiresnet
 from conftest import parity_root
 
 CHANNELS = (4, 4, 8, 16, 16)

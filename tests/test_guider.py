@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.guider import ColorGuiderSDModel
-from colorflow_core.synthetic.sd import guider_config_from_unet, model_config, write_graysd
+from colorflow_core.testing.sd import guider_config_from_unet, model_config, write_graysd
 
 H, W = 16, 8
 
@@ -41,7 +41,7 @@ def flat(res):
 
 
 def test_residual_layout_follows_spec(guider, inputs):
-    """§7.1 table: channels per index and the resolution ladder (tiny channels 32,32,64,64)."""
+    """Block table: channels per index and the resolution ladder (tiny channels 32,32,64,64)."""
     res = run(guider, inputs)
     c = [32, 32, 64, 64]
     down = [(c[0], 1)] * 3 + [(c[0], 2)] + [(c[1], 2)] * 2 + [(c[1], 4)] + [(c[2], 4)] * 2 + [(c[2], 8)] + [(c[3], 8)] * 2

@@ -8,7 +8,7 @@ import torch
 
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.guider_pixart import ColorGuiderPixArtModel
-from colorflow_core.synthetic.pixart import guider_config, write_pixart_style
+from colorflow_core.testing.pixart import guider_config, write_pixart_style
 
 
 @pytest.fixture(scope="module")

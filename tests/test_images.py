@@ -1,4 +1,4 @@
-"""Image loading, mode normalisation, page fitting (§3.1), folders and tensor conversion."""
+"""Image loading, mode normalisation, page fitting (`process_image`), folders and tensor conversion."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,7 +9,7 @@ from diffusers.models.modeling_outputs import Transformer2DModelOutput
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.guider import ColorGuiderSDModel, GuiderResiduals
 from colorflow_core.injection import inject_guider_residuals
-from colorflow_core.synthetic.sd import guider_config_from_unet, model_config
+from colorflow_core.testing.sd import guider_config_from_unet, model_config
 
 
 @pytest.fixture(scope="module")

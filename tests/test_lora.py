@@ -16,7 +16,7 @@ from colorflow_core.lora import (
     normalize_lora_keys,
     remove_lora,
 )
-from colorflow_core.synthetic.sd import model_config, random_state_dict, unet_lora_state_dict
+from colorflow_core.testing.sd import model_config, random_state_dict, unet_lora_state_dict
 
 RANK = 4
 
@@ -170,7 +170,7 @@ def test_pixart_transformer_without_add_adapter():
         template = PixArtTransformer2DModel(**config)
         add_lora_adapter(template, rank=RANK, alpha=RANK, target_modules=PIXART_LORA_TARGETS)
     state = random_state_dict(template, seed=5, only=".lora_")
-    assert "pos_embed.proj.lora_A.default.weight" in state  # the conv LoRA of §7.5
+    assert "pos_embed.proj.lora_A.default.weight" in state  # the conv LoRA on the patch embedding
     model = PixArtTransformer2DModel(**config)
     assert inject_lora(model, state, rank=RANK, alpha=RANK, target_modules=PIXART_LORA_TARGETS,
                        source="transformer_lora.bin") == len(state)

@@ -6,7 +6,7 @@ import torch
 
 from colorflow_core.preprocess.lines import ResSkip
 from colorflow_core.preprocess.screentone import ScreenCodeGenerator, ScreenDecoder
-from colorflow_core.synthetic.preprocess import read_manifest
+from colorflow_core.testing.preprocess import read_manifest
 
 from conftest import parity_root
 

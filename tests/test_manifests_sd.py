@@ -9,7 +9,7 @@ from diffusers import UNet2DConditionModel
 
 from colorflow_core.guider import ColorGuiderSDModel
 from colorflow_core.lora import SD_UNET_LORA_TARGETS, add_lora_adapter
-from colorflow_core.synthetic.sd import guider_config_from_unet, model_config
+from colorflow_core.testing.sd import guider_config_from_unet, model_config
 from conftest import parity_root
 
 MANIFESTS = parity_root() / "manifests"

@@ -1,4 +1,4 @@
-"""The patched ComfyUI MODEL computes what our diffusers UNet + ColorGuider + LoRA compute (spec §5, §7.2, §7.5).
+"""The patched ComfyUI MODEL computes what our diffusers UNet + ColorGuider + LoRA compute.
 
 A full-size SD1.5 UNet (random weights) is built with diffusers, then loaded into a real ComfyUI from
 its state dict. One Euler step through ComfyUI's own sampler (CFG 7.5, so the negative and positive

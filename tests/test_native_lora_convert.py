@@ -22,7 +22,7 @@ def test_release_lora_converts_tensor_for_tensor(case):
         name = kohya_module_name(module)
         assert torch.equal(kohya[f"{name}.lora_down.weight"], peft[f"{module}.lora_A.default.weight"])
         assert torch.equal(kohya[f"{name}.lora_up.weight"], peft[f"{module}.lora_B.default.weight"])
-        # the release's scaling alpha / rank = 1 (spec §7.5) survives as alpha = rank
+        # the release's scaling alpha / rank = 1 survives as alpha = rank
         assert kohya[f"{name}.alpha"].item() == peft[f"{module}.lora_A.default.weight"].shape[0]
 
 

@@ -27,7 +27,7 @@ H, W = 32, 48
 def models(tmp_path_factory):
     """models/colorflow/tiny: every style at the tiny scale with the line extractor (its fixed size) and
     the ScreenStyle networks, bases inside; models/colorflow/partial: a release without LE/, ScreenStyle/."""
-    from colorflow_core.synthetic import write_release
+    from colorflow_core.testing import write_release
 
     root = tmp_path_factory.mktemp("models")
     write_release(root / "colorflow" / "tiny", styles=("screenstyle", "sketch", "shading"), seed=3,
@@ -249,7 +249,7 @@ def test_progress_cancel_and_offload(monkeypatch):
 # ---- style switching in Load ColorFlow Model ----------------------------------------------------
 
 def _base(models, style: str) -> str:
-    from colorflow_core.synthetic import base_folder
+    from colorflow_core.testing import base_folder
 
     return str(base_folder(models / "colorflow" / "tiny", style))
 

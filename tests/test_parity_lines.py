@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from colorflow_core.preprocess.lines import LINE_EXTRACTOR_FILE, LineExtractor
-from colorflow_core.synthetic.preprocess import write_line_extractor
+from colorflow_core.testing.preprocess import write_line_extractor
 from conftest import parity_params
 
 TOLERANCE = 1e-2  # parity README, 0..255 scale

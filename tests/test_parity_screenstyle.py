@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from colorflow_core.preprocess.screentone import ScreenStyleConverter
-from colorflow_core.synthetic.preprocess import write_screenstyle
+from colorflow_core.testing.preprocess import write_screenstyle
 from conftest import parity_params, parity_root
 
 TENSOR_TOLERANCE = 1e-4  # parity README

@@ -12,7 +12,7 @@ from colorflow_core import performance as perf
 from colorflow_core.errors import InputError
 from colorflow_core.guider import ColorGuiderSDModel
 from colorflow_core.injection import inject_guider_residuals
-from colorflow_core.synthetic.sd import guider_config_from_unet, model_config, random_state_dict
+from colorflow_core.testing.sd import guider_config_from_unet, model_config, random_state_dict
 
 GB = 10**9
 # Full-size fp16 weights of the four big nets (UNet, guider, CLIP ViT-H, VAE), 512x800 page working set.

@@ -19,7 +19,7 @@ from colorflow_core.pixart import (
 )
 from colorflow_core.retrieval import canvas_mask
 from colorflow_core.sizes import PageSize
-from colorflow_core.synthetic.pixart import write_pixart_base, write_pixart_style
+from colorflow_core.testing.pixart import write_pixart_base, write_pixart_style
 
 SIZE = PageSize(64, 64)
 

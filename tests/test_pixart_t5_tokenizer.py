@@ -9,7 +9,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from colorflow_core.pixart import MAX_SEQUENCE_LENGTH, PROMPT_CACHE_NAME, load_pixart_style
-from colorflow_core.synthetic.pixart import write_pixart_base, write_pixart_style
+from colorflow_core.testing.pixart import write_pixart_base, write_pixart_style
 
 VOCAB = 24
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.preprocess.lines import LineExtractor, ResSkip
-from colorflow_core.synthetic.preprocess import fill_random, line_extractor_rule
+from colorflow_core.testing.preprocess import fill_random, line_extractor_rule
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from colorflow_core.preprocess.screentone import (
     _padded,
     _SpectralConv2d,
 )
-from colorflow_core.synthetic.preprocess import fill_random, write_screenstyle
+from colorflow_core.testing.preprocess import fill_random, write_screenstyle
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Sketch_Shading thresholds (§3.5) against an independent integer formulation."""
+"""Sketch_Shading thresholds against an independent integer formulation."""
 from __future__ import annotations
 
 import numpy as np

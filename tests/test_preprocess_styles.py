@@ -14,7 +14,7 @@ from colorflow_core.preprocess.screentone import ScreenCodeGenerator, ScreenDeco
 from colorflow_core.preprocess.shading import shade_sketch
 from colorflow_core.preprocess.styles import STYLES, prepare_page
 from colorflow_core.sizes import PageSize
-from colorflow_core.synthetic.preprocess import fill_random, line_extractor_rule
+from colorflow_core.testing.preprocess import fill_random, line_extractor_rule
 from conftest import parity_params
 
 SIZE = PageSize(64, 64)  # guide size 96 x 96

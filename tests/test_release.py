@@ -22,7 +22,7 @@ from colorflow_core.release import (
     load_graysd,
     load_sd_base,
 )
-from colorflow_core.synthetic.sd import write_sd_release
+from colorflow_core.testing.sd import write_sd_release
 
 
 @pytest.fixture(scope="module")

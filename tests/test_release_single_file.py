@@ -17,7 +17,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from colorflow_core.errors import WeightsError  # noqa: E402
 from colorflow_core.release import encode_clip_prompts, load_sd_base  # noqa: E402
-from colorflow_core.synthetic.sd import write_sd_base  # noqa: E402
+from colorflow_core.testing.sd import write_sd_base  # noqa: E402
 from tests.native_tiny import ldm_checkpoint  # noqa: E402
 
 TOL = 1e-5

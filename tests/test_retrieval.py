@@ -1,4 +1,4 @@
-"""Retrieval (§4): patches, reference pools (build / save / load / cache), top-k, canvas, mask, encoders."""
+"""Retrieval: patches, reference pools (build / save / load / cache), top-k, canvas, mask, encoders."""
 from __future__ import annotations
 
 import json
@@ -267,7 +267,7 @@ def test_latent_mask_binary_at_official_sizes(name):
     assert latent.shape == (1, 1, h, w) and latent.dtype == torch.float32
     expected = torch.ones(1, 1, h, w)
     expected[..., size.height // 16:3 * size.height // 16, size.width // 16:3 * size.width // 16] = 0
-    torch.testing.assert_close(latent, expected, atol=0, rtol=0)  # §4.5: measured exactly binary
+    torch.testing.assert_close(latent, expected, atol=0, rtol=0)  # the mask is exactly binary
 
 
 def test_mask_from_rgb_uses_red_channel():

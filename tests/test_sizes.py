@@ -1,4 +1,4 @@
-"""Page sizes and their derived geometry, checked against the spec's per-resolution table (§0)."""
+"""Page sizes and their derived geometry, checked against the original's three sizes."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from colorflow_core.errors import InputError
 from colorflow_core.sizes import PRESETS, PageSize, parse_size
 
-# §0 table: size → (guide, canvas, cell, crop, stride, latent (h, w))
+# The original's per-size geometry: size → (guide, canvas, cell, crop, stride, latent (h, w))
 SPEC_TABLE = {
     "640x640": ((960, 960), (1280, 1280), (320, 320), (480, 480), (160, 160), (160, 160)),
     "512x800": ((768, 1200), (1024, 1600), (256, 400), (384, 600), (128, 200), (200, 128)),

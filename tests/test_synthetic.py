@@ -1,4 +1,4 @@
-"""`synthetic.write_release`: the written release loads through the real loaders, every LoRA tensor lands."""
+"""`testing.write_release`: the written release loads through the real loaders, every LoRA tensor lands."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,9 +17,9 @@ from colorflow_core.pixart import LORA_FILE, load_pixart_style
 from colorflow_core.preprocess.styles import STYLES
 from colorflow_core.release import PIXART_STYLES, ReleasePaths, load_graysd, load_sd_base
 from colorflow_core.sizes import PageSize
-from colorflow_core.synthetic import base_folder, write_release
-from colorflow_core.synthetic.pixart import transformer_config
-from colorflow_core.synthetic.sd import model_config
+from colorflow_core.testing import base_folder, write_release
+from colorflow_core.testing.pixart import transformer_config
+from colorflow_core.testing.sd import model_config
 from colorflow_core.weights import load_state_dict_file
 
 

@@ -9,7 +9,7 @@ from PIL import Image
 
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.fusion import MultiHiddenResNetModel, level_widths
-from colorflow_core.synthetic.fusion import write_multiresnet
+from colorflow_core.testing.fusion import write_multiresnet
 from colorflow_core.upscale import (
     GuidedUpscaler,
     centre_crop,

@@ -1,4 +1,4 @@
-"""Page preprocessing per input style (§3): line extraction, screentone conversion, shading."""
+"""Page preprocessing per input style: line extraction, screentone conversion, shading."""
 from .lines import LineExtractor
 from .screentone import ScreenStyleConverter
 from .shading import shade_sketch

@@ -1,4 +1,5 @@
-"""Manga line extraction: the release's `LE/erika.pth` network `res_skip` (§7.8) and its wrapper (§3.4).
+"""Manga line extraction: the release's `LE/erika.pth` network `res_skip`
+(MangaLineExtraction architecture) and its wrapper.
 
 The module tree mirrors the original's attribute names so the released state dict loads strictly.
 """
@@ -157,5 +158,5 @@ class LineExtractor(NetworkHolder):
         return y.cpu().numpy()
 
     def extract_lines(self, gray: Image.Image | np.ndarray) -> Image.Image:
-        """Line image as PIL `L`, truncated to uint8 like the original (§3.4)."""
+        """Line image as PIL `L`, truncated to uint8 like the original."""
         return Image.fromarray(self.line_map(gray).astype(np.uint8))

@@ -1,4 +1,4 @@
-"""ScreenStyle "colour -> screentone manga" conversion (§7.9) for the GrayImage(ScreenStyle) style.
+"""ScreenStyle "colour -> screentone manga" conversion for the GrayImage(ScreenStyle) style.
 
 Two release networks: the generator `G_RGB2INTSCR` (gray + RGB -> 4-channel screen code) and the
 ScreenVAE decoder (screen code -> screentone). Module trees mirror the original's attribute names
@@ -211,7 +211,8 @@ def _padded(array: np.ndarray, fill: tuple[int, ...]) -> np.ndarray:
 
 
 class ScreenStyleConverter(NetworkHolder):
-    """Colour (or gray) page -> screentone rendition, and the GrayImage(ScreenStyle) condition (§3.3).
+    """Colour (or gray) page -> screentone rendition, and the GrayImage(ScreenStyle) condition
+    (the screentone blended 50/50 with the gray page).
 
     The original halves pages taller than 2500 px first (never at the official sizes); here every
     page is converted at its own size, so the condition always matches the page.

@@ -1,4 +1,4 @@
-"""Sketch_Shading condition (§3.5): flat gray tones and black areas painted onto the line image."""
+"""Sketch_Shading condition: flat gray tones and black areas painted onto the line image."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Page -> (diffusion condition, GSRP guide) for each input style (§1, §3)."""
+"""Page -> (diffusion condition, GSRP guide) for each input style (screenstyle, sketch, shading)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -47,7 +47,8 @@ def prepare_page(
       conversion off, never as a fallback for missing ScreenStyle weights.
     - sketch: the line image of the page gray (a colour page is converted to gray first, as in the
       original); condition = guide.
-    - shading: condition = the shaded sketch (§3.5), guide = the pure line image.
+    - shading: condition = the shaded sketch (flat gray and black areas on the lines), guide = the
+      pure line image.
     ``lines`` is required for sketch and shading.
     """
     if style not in STYLES:

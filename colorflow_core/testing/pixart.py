@@ -36,7 +36,7 @@ _TRANSFORMER_COMMON = dict(in_channels=4, out_channels=8, patch_size=2, activati
                            attention_bias=True, attention_type="default", dropout=0.0, norm_elementwise_affine=False,
                            norm_eps=1e-6, norm_num_groups=32, norm_type="ada_norm_single", num_embeds_ada_norm=1000,
                            upcast_attention=False, interpolation_scale=None, use_additional_conditions=True)
-# DPM-Solver++ as PixArt-XL-2-1024-MS ships it (spec §6).
+# DPM-Solver++ as PixArt-XL-2-1024-MS ships it.
 _SCHEDULER = dict(algorithm_type="dpmsolver++", beta_start=0.0001, beta_end=0.02, beta_schedule="linear",
                   num_train_timesteps=1000, prediction_type="epsilon", solver_order=2, solver_type="midpoint",
                   lower_order_final=True, timestep_spacing="linspace", steps_offset=0, final_sigmas_type="zero")

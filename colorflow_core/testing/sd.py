@@ -24,7 +24,7 @@ from ..lora import SD_UNET_LORA_TARGETS, add_lora_adapter
 
 CONFIGS: dict[str, Any] = json.loads((Path(__file__).with_name("sd_configs.json")).read_text())
 SCALES = ("tiny", "reduced", "full")
-# Guider (BrushNet) block names for the UNet's cross-attention blocks (spec §7.1).
+# Guider (BrushNet) block names for the UNet's cross-attention blocks (as the original's ColorGuider names them).
 _GUIDER_BLOCK = {
     "CrossAttnDownBlock2D": "SelfAttnDownBlock2D", "DownBlock2D": "DownBlock2D",
     "CrossAttnUpBlock2D": "SelfAttnUpBlock2D", "UpBlock2D": "UpBlock2D",
@@ -189,7 +189,7 @@ def write_sd_release(root: str | os.PathLike, scale: str = "tiny", seed: int = 0
                      guider_channels: int = 5) -> Path:
     """`<root>/base/` (the SD1.5 base) plus the release's `GraySD/` and `image_encoder/` under ``root``.
 
-    Without the GSRP fusion net and the preprocessing networks: `synthetic.write_release` composes
+    Without the GSRP fusion net and the preprocessing networks: `testing.write_release` composes
     those in.
     """
     root = Path(root)

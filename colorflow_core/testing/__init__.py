@@ -3,6 +3,7 @@
 `sd.py`: SD1.5 base, `GraySD/` guider + LoRA, `image_encoder/`; `fusion.py`: the GSRP fusion net;
 `pixart.py`: PixArt-alpha base and `sketch/` / `shading/`; `preprocess.py`: line extractor and
 ScreenStyle networks. `write_release` composes them, so the real weights are never needed.
+For tests and benchmarks only: no production module imports this package (tests/test_layering.py).
 """
 from __future__ import annotations
 
