@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn, Sequence
 
-from PIL import Image
 from tqdm import tqdm
 
 from .engine import (DEFAULT_GUIDANCE, MAX_GUIDANCE, MAX_GUIDER_SCALE, MAX_STEPS, ColorFlow,
@@ -133,9 +132,9 @@ def collect_pages(inputs: Sequence[str]) -> list[Path]:
     pages: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = list_image_files(item, warn=_quiet) if any(_is_image(p) for p in item.iterdir()) else []
-            skipped = sorted(p.name for p in item.iterdir()
-                             if p.is_file() and p not in found and not p.name.startswith("."))
+            entries = list(item.iterdir())
+            found = [p for p in entries if _is_image(p)]  # sorted with the other pages below
+            skipped = sorted(p.name for p in entries if p.is_file() and p not in found and not p.name.startswith("."))
             if skipped:
                 _warn(f"skipping {len(skipped)} non-image file(s) in {item}: {', '.join(skipped)}")
             broken = broken_links(item)
@@ -168,10 +167,6 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _quiet(message: str) -> None:
-    """A warning already given another way."""
-
-
 def check_inputs(pages: list[Path], todo: list[int], ref_files: list[Path],
                  skip_bad: bool) -> tuple[list[int], list[Path]]:
     """Decode every page still to do and every reference before any model loads.
@@ -201,12 +196,6 @@ def check_inputs(pages: list[Path], todo: list[int], ref_files: list[Path],
 def output_paths(out: Path, page: Path) -> tuple[Path, Path]:
     """(coloured page, retrieval sheet) for a page."""
     return out / f"{page.stem}.png", out / SHEETS_DIR / f"{page.stem}_canvas.png"
-
-
-def save_atomic(image: Image.Image, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: a crash never leaves a partial PNG
-    (`files.atomic_write`; an OSError becomes an OutputError naming ``path``)."""
-    save_image_atomic(image, path)
 
 
 def page_done(path: Path) -> bool:
@@ -321,9 +310,8 @@ def colorize_command(args: argparse.Namespace) -> int:
     if skipped:
         print(f"{skipped} of {len(pages)} pages already done in {out}; skipping them", file=sys.stderr)
     cache_dir = Path(args.pool_cache) if args.pool_cache else out / POOL_CACHE_DIR
-    if todo:  # every output and cache folder can be written: a problem shows now, not after loading
+    if todo:  # before any model loads: every output and cache folder can be written, every input decodes
         check_output_locations(out, pages, todo, args.sheets, cache_dir)
-    if todo:  # every page and reference is decoded before any model loads
         todo, ref_files = check_inputs(pages, todo, ref_files, args.skip_bad)
     finished = 0
     bar = None
@@ -351,8 +339,8 @@ def colorize_command(args: argparse.Namespace) -> int:
                                             generator_device=settings.generator_device)[0]
                     page_out, sheet_out = output_paths(out, pages[k])
                     if args.sheets:
-                        save_atomic(contexts[j].retrieval.canvas, sheet_out)
-                    save_atomic(result, page_out)  # last: its existence marks the page as done
+                        save_image_atomic(contexts[j].retrieval.canvas, sheet_out)
+                    save_image_atomic(result, page_out)  # last: its existence marks the page as done
                     finished += 1
                     bar.set_postfix_str(f"{skipped + finished}/{len(pages)} pages")
     except KeyboardInterrupt:
