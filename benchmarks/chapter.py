@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from colorflow_core import performance
 from colorflow_core.engine import ColorFlow, ColorizeSettings
+from colorflow_core.runtime import performance
 from colorflow_core.sizes import PageSize, parse_size
 
 from .flows import MODES, STAGES, ChapterOutput, PromptEncoder, StageTimer, run_baseline, run_ours

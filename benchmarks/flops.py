@@ -8,7 +8,7 @@ the VAE, CLIP ViT-H, the fusion net) run on PyTorch's meta device (shapes only: 
 memory, seconds) under `torch.utils.flop_counter.FlopCounterMode`, at the shapes a page of `--size`
 gives; the ScreenStyle networks have one size at every scale and run for real on one blank page.
 Each network's FLOPs per sample times the samples a flow sends through it (`samples_per_chapter`)
-gives the chapter. tests/test_benchmark_flops.py checks both against the FLOPs counted over a real
+gives the chapter. tests/benchmarks/test_benchmark_flops.py checks both against the FLOPs counted over a real
 run of the two flows on tiny models. FlopCounterMode counts matrix products, convolutions and
 attention, not element-wise work (norms, activations, the scheduler), which is small beside them.
 
@@ -28,12 +28,12 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from colorflow_core.guider import ColorGuiderSDModel
-from colorflow_core.lora import SD_UNET_LORA_TARGETS, add_lora_adapter
-from colorflow_core.retrieval import PATCHES_PER_REFERENCE, QUERY_PATCH_KINDS
-from colorflow_core.sizes import PageSize, parse_size
+from colorflow_core.colorize.lora import SD_UNET_LORA_TARGETS, add_lora_adapter
+from colorflow_core.colorize.sd.guider import ColorGuiderSDModel
+from colorflow_core.retrieve.references import PATCHES_PER_REFERENCE, QUERY_PATCH_KINDS
+from colorflow_core.sizes import PageSize, parse_size, vae_scale_factor
 from colorflow_core.testing.sd import SCALES, guider_config_from_unet, model_config
-from colorflow_core.upscale import encode_with_features, vae_feature_channels, vae_scale_factor
+from colorflow_core.upscale.decoder import encode_with_features, vae_feature_channels
 
 from .flows import MODES, STAGES
 
@@ -84,7 +84,7 @@ def network_flops(size: PageSize, scale: str = "full", lora_rank: int = 64, scre
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from colorflow_core.fusion import MultiHiddenResNetModel
+    from colorflow_core.upscale.fusion import FusionNet
 
     with torch.device("meta"):
         unet_config = model_config("unet", scale)
@@ -96,7 +96,7 @@ def network_flops(size: PageSize, scale: str = "full", lora_rank: int = 64, scre
         image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**model_config("image_encoder", scale))).eval()
         text_config = CLIPTextConfig(**model_config("text_encoder", scale))
         text_encoder = CLIPTextModel(text_config).eval()
-        fusion = MultiHiddenResNetModel(vae_feature_channels(vae)).eval()
+        fusion = FusionNet(vae_feature_channels(vae)).eval()
 
     factor = vae_scale_factor(vae)
     (cw, ch), (gw, gh) = size.canvas, size.guide

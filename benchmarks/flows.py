@@ -9,7 +9,7 @@
   (which `ColorFlow.load` calls with its ``speed`` options).
 
 Both draw page i's randomness from seed + i, so they must give the same pages (within float
-tolerances); tests/test_baseline_equivalence.py checks this on tiny models.
+tolerances); tests/benchmarks/test_baseline_equivalence.py checks this on tiny models.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from typing import Iterator, Sequence
 import torch
 from PIL import Image
 
+from colorflow_core.colorize.prompts import NEGATIVE_PROMPT, PROMPT
 from colorflow_core.engine import ColorFlow, ColorizeSettings
-from colorflow_core.pipeline import NEGATIVE_PROMPT, PROMPT
-from colorflow_core.release import encode_clip_prompts
+from colorflow_core.release.sd import encode_clip_prompts
 from colorflow_core.sizes import PageSize
 
 MODES = ("baseline", "ours")  # run_baseline, run_ours

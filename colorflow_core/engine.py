@@ -6,38 +6,35 @@ owns the loaded networks of one style, and validates user settings up front so a
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 from PIL import Image
 from torch import nn
 
-from . import performance
-from .batching import PageBatchPipeline
-from .encoders import CLIPImageEncoder, ImageEncoder
+from .colorize.batching import PageBatchPipeline
+from .colorize.sd.pipeline import ColorFlowSDPipeline
 from .errors import InputError, NumericalError, WeightsError, check_number
-from .fusion import MultiHiddenResNetModel
 from .images import image_source
-from .pipeline import ColorFlowSDPipeline
-from .pixart import ColorFlowPixArtPipeline, load_pixart_style
+from .options import MAX_BATCH_SIZE, MAX_CFG, MAX_GUIDER_STRENGTH, MAX_STEPS
 from .preprocess import STYLES, LineExtractor, ScreenStyleConverter, prepare_page
-from .release import PIXART_STYLES, ReleasePaths, find_release
-from .retrieval import MAX_TOP_K, ReferencePool, RetrievalResult, retrieve_many
-from .seeding import MAX_SEED, check_generator_device
+from .release.paths import PIXART_STYLES, ReleasePaths, find_release
+from .release.pixart import load_pixart_style
+from .retrieve.canvas import MAX_TOP_K, RetrievalResult, retrieve_many
+from .retrieve.encoders import ImageEncoder, load_encoder, parse_encoder
+from .retrieve.pool import ReferencePool
+from .runtime import performance
+from .runtime.seeding import MAX_SEED, check_generator_device
 from .sizes import PRESETS, PageSize
-from .upscale import GuidedUpscaler, centre_crop
+from .upscale.decoder import GuidedUpscaler, centre_crop
+from .upscale.fusion import FusionNet
 
 ProgressFn = Callable[[int, int], None]
 InterruptFn = Callable[[], None]
 
-DEFAULT_GUIDANCE = {"screenstyle": ColorFlowSDPipeline.default_guidance, "sketch": ColorFlowPixArtPipeline.default_guidance,
-                    "shading": ColorFlowPixArtPipeline.default_guidance}  # the original's per-pipeline defaults
-MAX_STEPS = 200
-MAX_GUIDANCE = 30.0
-MAX_GUIDER_SCALE = 5.0
-ENCODERS = ("clip",)
 # The offload mode is chosen at load, before any page size is known: plan for the official page area
 # (all presets are 512x800-sized).
 PLANNING_SIZE = PRESETS["512x800"]
@@ -47,9 +44,9 @@ PLANNING_SIZE = PRESETS["512x800"]
 class ColorizeSettings:
     """User knobs of one colorization run (defaults = the original demo's)."""
 
-    steps: int = 10                      # 1..200
-    guidance_scale: float | None = None  # None: 7.5 (SD) / 4.5 (PixArt); ≤ 1 runs without CFG
-    guider_scale: float = 1.0            # ColorGuider conditioning scale, 0..5
+    steps: int = 10                      # 1..options.MAX_STEPS
+    cfg: float | None = None             # None: the style's options.DEFAULT_CFG; ≤ 1 runs without CFG
+    guider_strength: float = 1.0            # ColorGuider conditioning scale, 0..5
     seed: int = 0                        # page i uses seed + i (ARCHITECTURE "Random draws")
     top_k: int = 3                       # 1..3 reference patches per page patch
     batch_size: int | None = None        # pages per UNet batch; None = chosen from free memory
@@ -59,13 +56,13 @@ class ColorizeSettings:
     def validate(self) -> None:
         """Raise one InputError naming the first unusable setting."""
         check_number("steps", self.steps, 1, MAX_STEPS, integer=True)
-        if self.guidance_scale is not None:
-            check_number("guidance_scale", self.guidance_scale, 0.0, MAX_GUIDANCE)
-        check_number("guider_scale", self.guider_scale, 0.0, MAX_GUIDER_SCALE)
+        if self.cfg is not None:
+            check_number("cfg", self.cfg, 0.0, MAX_CFG)
+        check_number("guider_strength", self.guider_strength, 0.0, MAX_GUIDER_STRENGTH)
         check_number("seed", self.seed, 0, MAX_SEED, integer=True)
         check_number("top_k", self.top_k, 1, MAX_TOP_K, integer=True)
         if self.batch_size is not None:
-            check_number("batch_size", self.batch_size, 1, 1024, integer=True)
+            check_number("batch_size", self.batch_size, 1, MAX_BATCH_SIZE, integer=True)
         check_generator_device(self.generator_device)
 
 
@@ -98,11 +95,12 @@ def page_label(index: int, name: str = "", image: Image.Image | None = None) -> 
     return label + (f" ({source})" if source else "")
 
 
-def _components(style: str, screentone: bool) -> list[str]:
-    """Release components (release.COMPONENTS names) a style needs."""
+def _components(style: str, screentone: bool, release_encoder: bool) -> list[str]:
+    """Release components (release.COMPONENTS names) a style needs (the image encoder only for ``clip``)."""
+    encoder = ["image_encoder"] if release_encoder else []
     if style == "screenstyle":
-        return ["graysd", "graysd_fusion", "image_encoder"] + (["screenstyle"] if screentone else [])
-    return [style, f"{style}_fusion", "image_encoder", "line_extractor"]
+        return ["graysd", "graysd_fusion", *encoder] + (["screenstyle"] if screentone else [])
+    return [style, f"{style}_fusion", *encoder, "line_extractor"]
 
 
 class ColorFlow:
@@ -117,6 +115,7 @@ class ColorFlow:
         self.device, self.dtype = device, dtype
         self.offload = offload
         self.fusion_file = fusion_file
+        self.encoder_spec: str | None = None  # the `encoder` option it was loaded with (None: an ImageEncoder given)
 
     @classmethod
     def load(cls, style: str = "screenstyle", release: str | Path | None = None, base: str | Path | None = None, *,
@@ -134,13 +133,13 @@ class ColorFlow:
         """
         if style not in STYLES:
             raise InputError(f"unknown style {style!r}; expected one of {', '.join(STYLES)}")
-        if isinstance(encoder, str) and encoder not in ENCODERS:
-            raise InputError(f"unknown encoder {encoder!r}; expected one of {', '.join(ENCODERS)} or an ImageEncoder")
+        if isinstance(encoder, str):
+            parse_encoder(encoder)  # a bad spec is refused before anything loads
         dev = performance.resolve_device(device)
         dt = performance.resolve_dtype(dtype, dev)
         if reuse is not None and (reuse.device != dev or reuse.dtype != dt):
             raise InputError(f"cannot reuse networks on {reuse.device}/{reuse.dtype} for a model on {dev}/{dt}")
-        needed = _components(style, screentone)
+        needed = _components(style, screentone, release_encoder=encoder == "clip")
         root = find_release(release, allow_download=allow_download, components=needed)
         paths = ReleasePaths(root)
         try:
@@ -156,18 +155,18 @@ class ColorFlow:
         pipeline: PageBatchPipeline
         if style in PIXART_STYLES:
             pipeline = load_pixart_style(root, base, style, "cpu", dt, prompt_device=dev).pipeline()
-            fusion_file = paths.style_multires(style)
+            fusion_file = paths.style_fusion(style)
         else:
             pipeline = ColorFlowSDPipeline.from_release(root, base, "cpu", dt, allow_download=allow_download)
-            fusion_file = paths.graysd_multires
+            fusion_file = paths.graysd_fusion
         big = list(pipeline.networks().values())
 
         if not isinstance(encoder, str):
             image_encoder = encoder
-        elif reuse is not None and isinstance(reuse.encoder, CLIPImageEncoder):
+        elif reuse is not None and reuse.encoder_spec == encoder:
             image_encoder = reuse.encoder  # placed by the other load
-        else:  # CLIP stays fp32 as in the original (retrieval scores are compared across pages)
-            image_encoder = CLIPImageEncoder.from_pretrained(paths.image_encoder, device="cpu")
+        else:  # fp32 as in the original (retrieval scores are compared across pages)
+            image_encoder = load_encoder(encoder, paths.image_encoder, device="cpu")
             image_encoder.identity  # noqa: B018 the pool cache key hashes the weights: now, before offload moves them
             image_encoder.device = dev
             big.insert(0, image_encoder.model)
@@ -178,7 +177,7 @@ class ColorFlow:
         if reuse is not None and reuse.fusion_file == fusion_file:
             fusion = reuse.upscaler.fusion
         else:
-            fusion = MultiHiddenResNetModel.from_file(fusion_file, dtype=dt, device=dev)
+            fusion = FusionNet.from_file(fusion_file, dtype=dt, device=dev)
         upscaler = GuidedUpscaler(pipeline.vae, fusion, dev, dt)
 
         converter = getattr(reuse, "screentone", None) if style == "screenstyle" and screentone else None
@@ -187,27 +186,37 @@ class ColorFlow:
         lines = getattr(reuse, "lines", None) if style in PIXART_STYLES else None
         if style in PIXART_STYLES and lines is None:
             lines = LineExtractor.from_file(paths.line_extractor, dev)
-        return cls(style, pipeline, image_encoder, upscaler, converter, lines, dev, dt, offload, fusion_file)
+        engine = cls(style, pipeline, image_encoder, upscaler, converter, lines, dev, dt, offload, fusion_file)
+        engine.encoder_spec = encoder if isinstance(encoder, str) else None
+        return engine
 
     # ---- stages ----
 
-    def reference_pool(self, references: Sequence[Image.Image], size: PageSize, cache_dir: str | Path | None = None,
-                       progress: ProgressFn | None = None) -> ReferencePool:
-        """Embed every reference patch once (cached under ``cache_dir`` when given)."""
+    def reference_pool(self, references: Sequence[Image.Image | str | os.PathLike], size: PageSize,
+                       cache_dir: str | Path | None = None, progress: ProgressFn | None = None) -> ReferencePool:
+        """Embed every reference patch once (cached under ``cache_dir`` when given). References given as
+        files are read a few at a time and cut again only for the patches a page shows."""
         if cache_dir is not None:
             return ReferencePool.cached(references, self.encoder, size, cache_dir, progress=progress)
         return ReferencePool.build(references, self.encoder, size, progress=progress)
 
     def prepare(self, pages: Sequence[Image.Image], pool: ReferencePool, size: PageSize, *, top_k: int = 3,
                 seed: int = 0, names: Sequence[str] | None = None, progress: ProgressFn | None = None,
-                generator_device: str = "cpu") -> list[PageContext]:
-        """Style preprocessing (page i seeded seed + i) and retrieval → one context per page."""
+                generator_device: str = "cpu",
+                allowed: Sequence[Collection[int] | None] | None = None) -> list[PageContext]:
+        """Style preprocessing (page i seeded seed + i) and retrieval → one context per page.
+
+        ``allowed``: per page, the pool reference indices it may retrieve from (None: the whole pool;
+        see `retrieve.pinning`), masked in the similarity matrix (`canvas.retrieve_many`).
+        """
         check_number("top_k", top_k, 1, MAX_TOP_K, integer=True)
         check_number("seed", seed, 0, MAX_SEED, integer=True)
         check_generator_device(generator_device)
         names = list(names) if names is not None else [""] * len(pages)
         if len(names) != len(pages):
             raise InputError(f"{len(names)} names for {len(pages)} pages")
+        if allowed is not None and len(allowed) != len(pages):
+            raise InputError(f"{len(allowed)} allowed-reference entries for {len(pages)} pages")
         conditions, guides = [], []
         for i, page in enumerate(pages):
             try:
@@ -219,7 +228,7 @@ class ColorFlow:
             guides.append(prepared.guide)
             if progress is not None:
                 progress(i + 1, len(pages))
-        results = retrieve_many(conditions, pool, self.encoder, size, top_k)
+        results = retrieve_many(conditions, pool, self.encoder, size, top_k, allowed=allowed)
         return [PageContext(size, c, g, r, name) for c, g, r, name in zip(conditions, guides, results, names)]
 
     def colorize(self, contexts: Sequence[PageContext], settings: ColorizeSettings = ColorizeSettings(),
@@ -233,8 +242,8 @@ class ColorFlow:
         batch = settings.batch_size or self.auto_batch_size(contexts[0].size, len(contexts))
         try:
             return self.pipeline([c.retrieval.canvas for c in contexts], [c.retrieval.mask for c in contexts],
-                                 steps=settings.steps, guidance_scale=settings.guidance_scale,
-                                 guider_scale=settings.guider_scale, seed=settings.seed,
+                                 steps=settings.steps, cfg=settings.cfg,
+                                 guider_strength=settings.guider_strength, seed=settings.seed,
                                  generator_device=settings.generator_device, batch_size=batch, progress=progress,
                                  check_interrupt=check_interrupt)
         except NumericalError as exc:
@@ -273,8 +282,10 @@ class ColorFlow:
 
     def run(self, pages: Sequence[Image.Image], pool: ReferencePool, size: PageSize,
             settings: ColorizeSettings = ColorizeSettings(), progress: ProgressFn | None = None,
-            check_interrupt: InterruptFn | None = None, names: Sequence[str] | None = None) -> list[PageResult]:
-        """All stages for a batch of pages; progress counts pages (prepare) + pages x steps + pages (GSRP)."""
+            check_interrupt: InterruptFn | None = None, names: Sequence[str] | None = None,
+            allowed: Sequence[Collection[int] | None] | None = None) -> list[PageResult]:
+        """All stages for a batch of pages; progress counts pages (prepare) + pages x steps + pages (GSRP).
+        ``allowed``: per page, the references it may retrieve from (`prepare`)."""
         settings.validate()
         n = len(pages)
         total = n * (settings.steps + 2)
@@ -283,7 +294,7 @@ class ColorFlow:
             return None if progress is None else (lambda done, _total: progress(start + done, total))
 
         contexts = self.prepare(pages, pool, size, top_k=settings.top_k, seed=settings.seed, names=names,
-                                progress=offset(0), generator_device=settings.generator_device)
+                                progress=offset(0), generator_device=settings.generator_device, allowed=allowed)
         canvases = self.colorize(contexts, settings, progress=offset(n), check_interrupt=check_interrupt)
         self.free()
         if check_interrupt is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import InputError
 
@@ -70,6 +71,16 @@ class PageSize:
         return (self.width // 4, self.height // 4)
 
     @property
+    def crop_boxes(self) -> list[tuple[int, int, int, int]]:
+        """The 4 overlapping crops (`crop` at `stride`) as (left, top, right, bottom) boxes, row-major:
+        the query patches of a page and the crop patches of a reference."""
+        crop_w, crop_h = self.crop
+        stride_x, stride_y = self.stride
+        return [(x, y, x + crop_w, y + crop_h)
+                for y in range(0, self.height - crop_h + 1, stride_y)
+                for x in range(0, self.width - crop_w + 1, stride_x)]
+
+    @property
     def guide(self) -> tuple[int, int]:
         """Preprocessing / GSRP size (1.5W, 1.5H)."""
         return (int(1.5 * self.width), int(1.5 * self.height))
@@ -98,3 +109,8 @@ def parse_size(text: str, snap: bool = False) -> PageSize:
         raise InputError(f"size {text!r} is not of the form WIDTHxHEIGHT, e.g. 512x800")
     width, height = int(match.group(1)), int(match.group(2))
     return PageSize.snap(width, height) if snap else PageSize(width, height)
+
+
+def vae_scale_factor(vae: Any) -> int:
+    """How much the encoder downsamples (8 for the SD / PixArt VAE)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)

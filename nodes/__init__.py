@@ -5,8 +5,8 @@ from __future__ import annotations
 from .colorize import InContextColorize
 from .comfy import register_model_folder
 from .model import LoadColorFlowModel
-from .native import NATIVE_NODE_CLASS_MAPPINGS, NATIVE_NODE_DISPLAY_NAME_MAPPINGS
-from .pool import ReferencePoolNode
+from .native.nodes import NATIVE_NODE_CLASS_MAPPINGS, NATIVE_NODE_DISPLAY_NAME_MAPPINGS
+from .pool import CollectReferences
 from .preprocess import PREPROCESS_NODE_CLASS_MAPPINGS, PREPROCESS_NODE_DISPLAY_NAME_MAPPINGS
 from .retrieve import RetrieveReferences
 from .sequence import LoadImageSequence
@@ -16,7 +16,7 @@ register_model_folder()
 
 NODE_CLASS_MAPPINGS = {
     "ColorFlowLoadModel": LoadColorFlowModel,
-    "ColorFlowReferencePool": ReferencePoolNode,
+    "ColorFlowReferencePool": CollectReferences,
     "ColorFlowRetrieveReferences": RetrieveReferences,
     "ColorFlowInContextColorize": InContextColorize,
     "ColorFlowGuidedUpscale": GuidedUpscale,

@@ -2,19 +2,19 @@
 from __future__ import annotations
 
 from colorflow_core.errors import InputError
-from colorflow_core.seeding import GENERATOR_DEVICES, WIDGET_MAX_SEED
+from colorflow_core.options import DEFAULT_CFG, MAX_CFG, MAX_GUIDER_STRENGTH, MAX_STEPS
+from colorflow_core.runtime.seeding import GENERATOR_DEVICES, WIDGET_MAX_SEED
 
 from . import comfy
 from .tensors import tensor_from_images
 from .types import CONTEXT_TYPE, MODEL_TYPE
 from .widgets import widget_errors
 
-# cfg 0 = the loaded style's own default (engine.DEFAULT_GUIDANCE: 7.5 screenstyle, 4.5 sketch / shading;
-# spelled out here because the node module must not import the engine at ComfyUI start-up).
-STYLE_DEFAULT_CFG = 0.0
+STYLE_DEFAULT_CFG = 0.0  # the widget's "use the loaded style's own cfg" value
 CFG_TOOLTIP = (
     "Classifier-free guidance scale. 0 (the default) = the loaded style's own default, as in the original: "
-    "7.5 for screenstyle (SD1.5), 4.5 for sketch and shading (PixArt). Any value above 1 is used as given; "
+    f"{DEFAULT_CFG['screenstyle']:g} for screenstyle (SD1.5), {DEFAULT_CFG['sketch']:g} for sketch and shading "
+    "(PixArt). Any value above 1 is used as given; "
     "a value above 0 and up to 1 (e.g. 1.0) turns classifier-free guidance off (one pass per step, faster)."
 )
 
@@ -28,8 +28,8 @@ def generator_device_input(what: str) -> tuple:
     })
 
 
-def guidance_scale(cfg: float) -> float | None:
-    """The engine's guidance_scale for the node's cfg: None (the style's default) for 0."""
+def engine_cfg(cfg: float) -> float | None:
+    """The engine's cfg for the node's cfg: None (the style's default) for 0."""
     return None if cfg == STYLE_DEFAULT_CFG else cfg
 
 
@@ -57,11 +57,11 @@ class InContextColorize:
                 "model": (MODEL_TYPE, {"tooltip": "From Load ColorFlow Model (the one used for Retrieve "
                                                          "References)."}),
                 "context": (CONTEXT_TYPE, {"tooltip": "From Retrieve References."}),
-                "steps": ("INT", {"default": 10, "min": 1, "max": 200,
+                "steps": ("INT", {"default": 10, "min": 1, "max": MAX_STEPS,
                                   "tooltip": "Denoising steps (UniPC); the original demo uses 10."}),
-                "cfg": ("FLOAT", {"default": STYLE_DEFAULT_CFG, "min": 0.0, "max": 30.0, "step": 0.1, "round": 0.01,
+                "cfg": ("FLOAT", {"default": STYLE_DEFAULT_CFG, "min": 0.0, "max": MAX_CFG, "step": 0.1, "round": 0.01,
                                   "tooltip": CFG_TOOLTIP}),
-                "guider_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 5.0, "step": 0.05,
+                "guider_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": MAX_GUIDER_STRENGTH, "step": 0.05,
                                               "tooltip": "ColorGuider conditioning scale: how strongly the page "
                                                          "and references steer the diffusion (1.0 = as trained)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": WIDGET_MAX_SEED, "control_after_generate": True,
@@ -77,13 +77,13 @@ class InContextColorize:
     def colorize(self, model, context, steps: int, cfg: float, guider_strength: float, seed: int,
                  batch_size: int = 0, generator_device: str = GENERATOR_DEVICES[0]):
         from colorflow_core.engine import ColorizeSettings
-        from colorflow_core.upscale import centre_crop
+        from colorflow_core.upscale.decoder import centre_crop
 
         if len(context) == 0:
             raise InputError("In-Context Colorize: the context holds no pages")
-        settings = ColorizeSettings(steps=steps, guidance_scale=guidance_scale(cfg), guider_scale=guider_strength,
+        settings = ColorizeSettings(steps=steps, cfg=engine_cfg(cfg), guider_strength=guider_strength,
                                     seed=seed, batch_size=batch_size or None, generator_device=generator_device)
-        with widget_errors("In-Context Colorize", {"guidance_scale": "cfg", "guider_scale": "guider_strength"}):
+        with widget_errors("In-Context Colorize"):
             settings.validate()  # before the model moves to the GPU
         try:
             engine = model.use()

@@ -5,6 +5,7 @@ import weakref
 from pathlib import Path
 
 from colorflow_core.errors import WeightsError
+from colorflow_core.options import DEFAULT_ENCODER, ENCODER_HELP
 
 from . import comfy
 from .types import MODEL_TYPE
@@ -47,7 +48,7 @@ def resolve_release(name: str) -> Path:
     for candidate in candidates:
         if candidate.is_dir() and _is_release(candidate):
             return candidate
-    from colorflow_core.release import RELEASE_FOLDERS, RELEASE_REPO
+    from colorflow_core.release.paths import RELEASE_FOLDERS, RELEASE_REPO
 
     where = ", ".join(str(r) for r in roots) or "models/colorflow (or $COLORFLOW_MODELS)"
     what = "no ColorFlow release was found" if name == NO_RELEASE else f"the ColorFlow release {name!r} was not found"
@@ -158,6 +159,11 @@ class LoadColorFlowModel:
                     "tooltip": "Download missing release / base files from the Hugging Face hub (about 12.8 GB "
                                "for the whole release). Off = use only files already on disk.",
                 }),
+                "encoder": ("STRING", {
+                    "default": DEFAULT_ENCODER,
+                    "tooltip": f"Retrieval image encoder: {ENCODER_HELP}. A Reference Pool embedded with one "
+                               f"encoder is embedded again for another.",
+                }),
             },
         }
 
@@ -172,9 +178,9 @@ class LoadColorFlowModel:
         return True
 
     def load(self, style: str, release: str, base: str, dtype: str, screentone: bool = True,
-             allow_download: bool = False):
+             allow_download: bool = False, encoder: str = DEFAULT_ENCODER):
         from colorflow_core.engine import ColorFlow
-        from colorflow_core.performance import SpeedOptions, resolve_device, resolve_dtype
+        from colorflow_core.runtime.performance import SpeedOptions, resolve_device, resolve_dtype
 
         if dtype not in DTYPES:
             raise WeightsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
@@ -183,7 +189,7 @@ class LoadColorFlowModel:
         device = resolve_device(comfy.load_device())
         engine = ColorFlow.load(
             style, release=str(release_dir), base=base_path, device=device, dtype=dtype,
-            screentone=screentone, allow_download=allow_download,
+            screentone=screentone, allow_download=allow_download, encoder=encoder.strip(),
             reuse=last_loaded(release_dir, device, resolve_dtype(dtype, device)),
             speed=SpeedOptions(offload="none"),  # ComfyUI's model manager does the offloading
         )

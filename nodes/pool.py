@@ -7,7 +7,7 @@ from PIL import Image
 
 from colorflow_core.errors import InputError
 from colorflow_core.images import check_page, load_image, normalize_mode
-from colorflow_core.retrieval import ReferencePool
+from colorflow_core.retrieve.pool import ReferencePool
 from colorflow_core.sizes import PageSize
 
 from . import comfy
@@ -16,17 +16,21 @@ from .tensors import images_from_tensors
 from .types import POOL_TYPE
 
 
-class ReferenceSet:
+class ChapterReferences:
     """The references plus their embedded pools. ComfyUI caches this node output while its inputs
     stay the same, so the embeddings (computed by the first Retrieve References that needs them,
     per page size and model) are reused by every later run of the graph; with a cache folder they
     also survive a server restart."""
 
-    def __init__(self, references: list[Image.Image]) -> None:
+    def __init__(self, references: list[Image.Image], names: list[str | None] | None = None) -> None:
         if not references:
             raise InputError("Reference Pool: the reference pool is empty; connect colour reference images or "
                              "give a folder of them")
         self.references = references
+        # names[i]: reference i's file name (from a folder), None for a connected image
+        self.names: list[str | None] = list(names) if names is not None else [None] * len(references)
+        if len(self.names) != len(references):
+            raise InputError(f"Reference Pool: {len(self.names)} names for {len(references)} references")
         self._pools: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     def __len__(self) -> int:
@@ -45,7 +49,7 @@ class ReferenceSet:
         return f"ColorFlow reference pool ({len(self.references)} references)"
 
 
-class ReferencePoolNode:
+class CollectReferences:
     """Collects colour references from an IMAGE input (one batch or a list of images of any sizes)
     and/or a folder."""
 
@@ -91,10 +95,12 @@ class ReferencePoolNode:
 
     def build(self, references=None, folder=None):
         images: list[Image.Image] = []
+        names: list[str | None] = []
         if references:
             for i, image in enumerate(images_from_tensors(references, "Reference Pool: references")):
                 check_page(image, f"Reference Pool: reference {i + 1}")
                 images.append(image)
+                names.append(None)
         for text in folder or []:
             if text and text.strip():
                 for path in folder_images(text, "Reference Pool", warn=True):
@@ -104,4 +110,5 @@ class ReferencePoolNode:
                     except InputError as exc:
                         raise InputError(f"Reference Pool: {exc}") from exc
                     images.append(image)
-        return (ReferenceSet(images),)
+                    names.append(path.name)
+        return (ChapterReferences(images, names),)

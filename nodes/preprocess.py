@@ -19,8 +19,8 @@ from PIL import Image
 from colorflow_core.errors import WeightsError, check_number
 from colorflow_core.images import check_page
 from colorflow_core.preprocess.holder import NetworkHolder
-from colorflow_core.seeding import check_generator_device
 from colorflow_core.preprocess.shading import DARK_BELOW, FLAT_GRAY, LINE_ABOVE, MID_BELOW
+from colorflow_core.runtime.seeding import check_generator_device
 
 from . import comfy
 from .colorize import WIDGET_MAX_SEED, generator_device_input
@@ -29,7 +29,7 @@ from .tensors import images_from_tensors, tensor_from_images
 from .widgets import widget_errors
 
 if TYPE_CHECKING:  # release.py imports diffusers: only when a node runs, not at ComfyUI start-up
-    from colorflow_core.release import ReleasePaths
+    from colorflow_core.release.paths import ReleasePaths
 
 # (kind, release folder) -> (the files' (path, mtime, size) when loaded, the loaded preprocessor)
 _CACHE: dict[tuple[str, str], tuple[tuple, NetworkHolder]] = {}
@@ -40,7 +40,7 @@ _KINDS = {"lines": "line_extractor", "screentone": "screenstyle"}
 def _require(release: str, kind: str) -> ReleasePaths:
     """The release's paths once its ``kind`` files are there, else one WeightsError naming each missing
     file and where it goes (before any work)."""
-    from colorflow_core.release import ReleasePaths
+    from colorflow_core.release.paths import ReleasePaths
 
     paths = ReleasePaths(resolve_release(release))
     paths.require([_KINDS[kind]])
@@ -48,7 +48,7 @@ def _require(release: str, kind: str) -> ReleasePaths:
 
 
 def _compute_device() -> torch.device:
-    from colorflow_core.performance import resolve_device
+    from colorflow_core.runtime.performance import resolve_device
 
     return resolve_device(comfy.load_device())
 

@@ -5,7 +5,7 @@ from PIL import Image
 
 from colorflow_core.errors import InputError
 from colorflow_core.images import check_page
-from colorflow_core.seeding import check_generator_device
+from colorflow_core.runtime.seeding import check_generator_device
 
 from . import comfy
 from .colorize import WIDGET_MAX_SEED, generator_device_input

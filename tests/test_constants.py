@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from colorflow_core.performance import page_runs
-from colorflow_core.retrieval import MAX_TOP_K
-from colorflow_core.seeding import MAX_SEED, WIDGET_MAX_SEED
+from colorflow_core.retrieve.canvas import MAX_TOP_K
+from colorflow_core.runtime.performance import page_runs
+from colorflow_core.runtime.seeding import MAX_SEED, WIDGET_MAX_SEED
 from nodes import NODE_CLASS_MAPPINGS
 from nodes import types as socket_types
 
@@ -45,3 +45,26 @@ def test_page_runs():
     assert page_runs([0, 1, 2, 4, 5, 6, 7], 3, lambda a, b: b == a + 1) == [[0, 1, 2], [4, 5, 6], [7]]
     assert page_runs("aabbb", 2, lambda a, b: a == b) == [["a", "a"], ["b", "b"], ["b"]]
     assert page_runs([], 4) == []
+
+
+def test_one_name_per_setting_across_engine_cli_and_nodes():
+    """Every ColorizeSettings field is the CLI flag of the same name, and the In-Context Colorize
+    widgets that set it carry that name too, with the engine's limits (options.py)."""
+    from dataclasses import fields
+
+    from colorflow_core import options
+    from colorflow_core.cli import build_parser
+    from colorflow_core.engine import ColorizeSettings
+
+    colorize = build_parser()._subparsers._group_actions[0].choices["colorize"]
+    flags = {flag for action in colorize._actions for flag in action.option_strings}
+    settings = [f.name for f in fields(ColorizeSettings)]
+    assert {options.cli_flag(name) for name in settings} <= flags
+    assert not flags & {"--guidance", "--guider-scale", "--models"}
+    widgets = NODE_CLASS_MAPPINGS["ColorFlowInContextColorize"].INPUT_TYPES()
+    widgets = {**widgets["required"], **widgets["optional"]}
+    assert {"steps", "cfg", "guider_strength", "seed", "batch_size", "generator_device"} <= set(settings) & set(widgets)
+    assert (widgets["steps"][1]["max"], widgets["cfg"][1]["max"], widgets["guider_strength"][1]["max"]) == (
+        options.MAX_STEPS, options.MAX_CFG, options.MAX_GUIDER_STRENGTH)
+    native = NODE_CLASS_MAPPINGS["ColorFlowApply"].INPUT_TYPES()["required"]
+    assert native["guider_strength"][1]["max"] == options.MAX_GUIDER_STRENGTH

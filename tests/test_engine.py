@@ -13,18 +13,18 @@ from PIL import Image
 from colorflow_core.engine import ColorFlow, ColorizeSettings, PageResult
 from colorflow_core.errors import InputError, WeightsError
 from colorflow_core.images import list_image_files, load_image
+from colorflow_core.runtime.seeding import GSRP_SEED_OFFSET
 from colorflow_core.sizes import PageSize
-from colorflow_core.seeding import GSRP_SEED_OFFSET
-from colorflow_core.upscale import centre_crop, guided_decode, to_model_input, to_uint8_image
-from conftest import parity_params
+from colorflow_core.upscale.decoder import centre_crop, guided_decode, to_model_input, to_uint8_image
+from tests.support.parity import parity_params
 
 # ---- settings ----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("bad", [
     {"steps": 0}, {"steps": 10000}, {"steps": 2.5}, {"steps": True},
-    {"guider_scale": -1.0}, {"guider_scale": math.nan}, {"guider_scale": math.inf}, {"guider_scale": 6.0},
-    {"guidance_scale": math.nan}, {"guidance_scale": -0.5}, {"guidance_scale": 31.0},
+    {"guider_strength": -1.0}, {"guider_strength": math.nan}, {"guider_strength": math.inf}, {"guider_strength": 6.0},
+    {"cfg": math.nan}, {"cfg": -0.5}, {"cfg": 31.0},
     {"top_k": 5}, {"top_k": 0}, {"seed": -1}, {"seed": 2**64}, {"batch_size": 0},
     {"generator_device": "nonsense"},
 ])
@@ -53,8 +53,8 @@ def test_cuda_generator_without_a_gpu_is_a_clear_input_error(monkeypatch) -> Non
 
 def test_default_and_edge_settings_are_accepted() -> None:
     ColorizeSettings().validate()
-    ColorizeSettings(steps=1, guidance_scale=0.0, guider_scale=0.0, top_k=1, seed=0, batch_size=1).validate()
-    ColorizeSettings(steps=200, guidance_scale=30, guider_scale=5, top_k=3, seed=2**63 - 1).validate()
+    ColorizeSettings(steps=1, cfg=0.0, guider_strength=0.0, top_k=1, seed=0, batch_size=1).validate()
+    ColorizeSettings(steps=200, cfg=30, guider_strength=5, top_k=3, seed=2**63 - 1).validate()
 
 
 def test_device_and_dtype_are_checked_before_anything_loads(tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ def test_to_and_free_keep_the_engine_usable(loaded) -> None:
 def test_offloaded_engine_gives_the_same_pages(loaded, mode: str) -> None:
     """Offload hooks (forced here; a CPU never needs them) change placement only: same pool identity,
     canvases and pages as the resident engine; `to()` takes the hooks off."""
-    from colorflow_core import performance
+    from colorflow_core.runtime import performance
 
     case, meta, engine, size, pool = loaded
     page = load_image(case / "inputs" / "page.png")
@@ -265,7 +265,7 @@ def pixart_release(request, tmp_path_factory) -> tuple[Path, Path]:
     """The case's weights plus the line extractor the sketch styles need (rebuilt from the sd case's
     manifest, README "LE/"), and `shading/` as a copy of the case's style folder."""
     from colorflow_core.testing.preprocess import write_line_extractor
-    from conftest import parity_cases
+    from tests.support.parity import parity_cases
 
     case: Path = request.param
     manifests = [c / "weights" / "LE" / "erika_manifest.json" for c in parity_cases("sd")]
@@ -294,7 +294,7 @@ def test_pixart_style_runs_end_to_end_and_shares_networks(pixart_release) -> Non
 
     # guidance None means the PixArt default 4.5
     [canvas] = engine.colorize([ctx], ColorizeSettings(steps=1))
-    [direct] = engine.pipeline([ctx.retrieval.canvas], [ctx.retrieval.mask], steps=1, guidance_scale=4.5)
+    [direct] = engine.pipeline([ctx.retrieval.canvas], [ctx.retrieval.mask], steps=1, cfg=4.5)
     assert _levels(canvas, direct).max() == 0
     [image] = engine.upscale([ctx], [canvas])
     assert image.size == size.guide
@@ -312,8 +312,8 @@ def test_screentone_conversion_is_wired_with_the_page_seed(case: Path, tmp_path:
     """With ScreenStyle networks present, page i's condition = guide = the converter's output for the
     page fitted to 1.5W x 1.5H with seed + i (checked against the converter called directly)."""
     from colorflow_core.images import process_image
-    from colorflow_core.testing.preprocess import write_screenstyle
     from colorflow_core.preprocess.screentone import G_RGB2INTSCR_FILE, SCREENVAE_DEC_FILE
+    from colorflow_core.testing.preprocess import write_screenstyle
 
     for sub in ("GraySD", "image_encoder", "base"):
         (tmp_path / sub).symlink_to(case / "weights" / sub, target_is_directory=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT
+from tests.support.parity import REPO_ROOT
 
 PACK = "<pack>"  # the pack folder: ComfyUI imports it as a package under a name of its own
 TESTING = ("colorflow_core", "testing")
@@ -207,3 +207,14 @@ def test_a_bad_module_on_disk_fails_the_walk(tmp_path):
     found = violations(tmp_path)
     assert sorted(f.split(" ")[0] for f in found) == ["colorflow_core/bad_testing.py:2",
                                                       "colorflow_core/deep/bad_comfy.py:1", "nodes/bad.py:1"], found
+
+
+MAX_MODULE_LINES = 400  # a module that grows past this does more than one job: split it
+
+
+def test_no_module_is_longer_than_a_newcomer_reads_at_once():
+    long = {str(path.relative_to(REPO_ROOT)): count
+            for folder in ("colorflow_core", "nodes")
+            for path in sorted((REPO_ROOT / folder).rglob("*.py"))
+            if (count := len(path.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import nn
 
 from ..errors import InputError, WeightsError
-from ..seeding import SCREENTONE_SEED_OFFSET, page_generator
+from ..runtime.seeding import SCREENTONE_SEED_OFFSET, page_generator
 from ..weights import load_state_dict_file, load_strict
 from .holder import NetworkHolder
 

@@ -14,8 +14,8 @@ from typing import Sequence
 from ..errors import InputError
 from ..preprocess.screentone import G_RGB2INTSCR_FILE, SCREENVAE_DEC_FILE
 from ..preprocess.styles import STYLES
-from ..release import PIXART_STYLES
-from .fusion import write_multiresnet
+from ..release.paths import PIXART_STYLES
+from .fusion import write_fusion_net
 from .pixart import write_pixart_base, write_pixart_style
 from .preprocess import write_line_extractor, write_screenstyle
 from .sd import SCALES, model_config, write_image_encoder, write_sd_release
@@ -59,7 +59,7 @@ def write_release(
     else:
         write_image_encoder(root, scale, seed + 20)
     vae_channels = model_config("vae", scale)["block_out_channels"]
-    write_multiresnet(root / "GraySD", [vae_channels[0], *vae_channels], seed=seed + 30)
+    write_fusion_net(root / "GraySD", [vae_channels[0], *vae_channels], seed=seed + 30)
     if screentone:
         write_screenstyle(root, {G_RGB2INTSCR_FILE: seed + 40, SCREENVAE_DEC_FILE: seed + 50}, None)
     pixart_styles = [s for s in PIXART_STYLES if s in styles]

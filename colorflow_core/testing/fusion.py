@@ -7,12 +7,12 @@ from typing import Sequence
 
 import torch
 
-from ..fusion import MultiHiddenResNetModel
+from ..upscale.fusion import FusionNet
 
 FILE_NAME = "MultiResNetModel.bin"
 
 
-def write_multiresnet(folder: str | os.PathLike, channels: Sequence[int], seed: int = 0) -> Path:
+def write_fusion_net(folder: str | os.PathLike, channels: Sequence[int], seed: int = 0) -> Path:
     """Write ``folder/MultiResNetModel.bin`` (``torch.save`` of the state dict, as released).
 
     Every parameter and running statistic is random and non-zero, so a loader or a BatchNorm mode
@@ -20,7 +20,7 @@ def write_multiresnet(folder: str | os.PathLike, channels: Sequence[int], seed: 
     activations of order one through the 4-block levels.
     """
     with torch.device("meta"):
-        layout = MultiHiddenResNetModel(channels).state_dict()
+        layout = FusionNet(channels).state_dict()
     g = torch.Generator().manual_seed(seed)
     state: dict[str, torch.Tensor] = {}
     for name, meta in layout.items():

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, PixArtTransformer2DModel
 
+from ..colorize.lora import PIXART_LORA_TARGETS, add_lora_adapter
+from ..colorize.pixart.guider import ALIAS, ColorGuiderPixArtModel
+from ..colorize.pixart.prompts import MAX_SEQUENCE_LENGTH, PROMPT_CACHE_NAME, PromptEmbeddings
 from ..errors import InputError
-from ..guider_pixart import ALIAS, ColorGuiderPixArtModel
-from ..lora import PIXART_LORA_TARGETS, add_lora_adapter
-from ..pixart import LORA_FILE, MAX_SEQUENCE_LENGTH, PROMPT_CACHE_NAME, PromptEmbeddings
-from ..release import PIXART_STYLES
+from ..release.paths import PIXART_STYLES
+from ..release.pixart import LORA_FILE
 from .sd import SCALES, model_config
 
 DIFFUSERS_VERSION = "0.31.0.dev0"

@@ -18,9 +18,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..colorize.lora import SD_UNET_LORA_TARGETS, add_lora_adapter
+from ..colorize.sd.guider import ColorGuiderSDModel
 from ..errors import InputError
-from ..guider import ColorGuiderSDModel
-from ..lora import SD_UNET_LORA_TARGETS, add_lora_adapter
 
 CONFIGS: dict[str, Any] = json.loads((Path(__file__).with_name("sd_configs.json")).read_text())
 SCALES = ("tiny", "reduced", "full")

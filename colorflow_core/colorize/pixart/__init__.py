@@ -1,0 +1,1 @@
+"""ICP on PixArt-alpha (the sketch / shading styles): ColorGuider, injection, prompt cache, pipeline."""

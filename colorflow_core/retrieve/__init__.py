@@ -1,0 +1,1 @@
+"""Retrieval (RAP): image encoders, the reference pool, and the per-page canvas + mask."""
