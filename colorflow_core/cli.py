@@ -51,6 +51,7 @@ from .retrieve.canvas import MAX_TOP_K
 from .retrieve.pinning import read_refs_map, resolve_refs_map
 from .runtime.performance import OFFLOAD_MODES, SpeedOptions, page_runs
 from .runtime.seeding import GENERATOR_DEVICES
+from .series.command import add_parser as add_series_parser
 from .sizes import parse_size
 
 # Pages per engine call when --batch-size is not given: outputs appear after each chunk's diffusion,
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_colorize_options(p)
     p.set_defaults(handler=colorize_command)
     add_evaluate_parser(sub)
+    add_series_parser(sub)
     return parser
 
 
