@@ -17,6 +17,9 @@ SIZE_MULTIPLE = 32
 MIN_SIDE = 64
 MAX_SIDE = 2048
 
+# The SD / PixArt VAE downsampling, a fixed fact of both architectures (`vae_scale_factor` reads it
+# from a loaded VAE).
+LATENT_SCALE = 8
 
 @dataclass(frozen=True)
 class PageSize:
@@ -87,10 +90,8 @@ class PageSize:
 
     @property
     def latent(self) -> tuple[int, int]:
-        """Canvas latent size as (h, w) = (2H/8, 2W/8)."""
-        # 8: the SD / PixArt VAE downsampling, a fixed fact of both architectures (what
-        # upscale.vae_scale_factor computes from a loaded VAE); geometry is known before any VAE loads.
-        return (2 * self.height // 8, 2 * self.width // 8)
+        """Canvas latent size as (h, w) = (2H/8, 2W/8): geometry known before any VAE loads."""
+        return (2 * self.height // LATENT_SCALE, 2 * self.width // LATENT_SCALE)
 
 
 PRESETS: dict[str, PageSize] = {

@@ -33,6 +33,7 @@ from PIL import Image
 
 from colorflow_core.colorize.conditioning import conditioning_images, guider_conditioning
 from colorflow_core.errors import InputError, WeightsError, check_number
+from colorflow_core.sizes import LATENT_SCALE
 
 from ..tensors import tensor_from_images
 
@@ -230,9 +231,11 @@ class _GuiderWrapper:
         if x.shape[0] % len(chunks) or x.shape[0] // len(chunks) != pages:
             raise InputError(f"ColorFlow: the sampled latent batch has {x.shape[0] // len(chunks)} page(s) per "
                              f"prompt but the retrieval context has {pages}; use the LATENT from ColorFlow Apply")
-        if tuple(x.shape[-2:]) != (h, w):  # px = 8 x latent: the SD1.5 VAE (a fact of the architecture)
-            raise InputError(f"ColorFlow: the sampled latent is {x.shape[-1] * 8}x{x.shape[-2] * 8} px but the "
-                             f"canvas is {w * 8}x{h * 8}; use the LATENT from ColorFlow Apply (and no area conditioning)")
+        if tuple(x.shape[-2:]) != (h, w):
+            px = LATENT_SCALE
+            raise InputError(f"ColorFlow: the sampled latent is {x.shape[-1] * px}x{x.shape[-2] * px} px but the "
+                             f"canvas is {w * px}x{h * px}; use the LATENT from ColorFlow Apply (and no area "
+                             f"conditioning)")
         # ComfyUI's sampling_function batches conds = [positive, negative]: entry 1 is the negative
         # prompt (diffusers' "uncond" half, draw 0); 0 (and any extra positive of custom guiders) is draw 1.
         return torch.cat([self.conditioning[:, 0 if c == _UNCOND_INDEX else 1] for c in chunks])
