@@ -12,7 +12,6 @@ import argparse
 import gc
 import json
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from colorflow_core.sizes import PageSize, parse_size
 
 from .flows import MODES, STAGES, ChapterOutput, PromptEncoder, StageTimer, run_baseline, run_ours
 from .inputs import synthetic_chapter
+from .memory import peak_rss_bytes
 from .synthetic_release import SCALES, write_release
 
 HERE = Path(__file__).resolve().parent
@@ -119,14 +119,7 @@ class PeakMemory:
     def read(self) -> int:
         if self.device.type == "cuda":
             return int(torch.cuda.max_memory_allocated(self.device))
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+        return peak_rss_bytes()
 
 
 def _cpu_name() -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .memory import peak_rss_bytes
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,17 +55,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="where the reference files and the encoder are written (reused between runs)")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)  # one pool size, in this process
     return p.parse_args(argv)
-
-
-def _rss_peak_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
 def _mb(n: float) -> float:
@@ -121,7 +111,7 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
     encoder = CLIPImageEncoder.from_pretrained(encoder_folder(args.workdir, args.scale))
     encoder.identity  # noqa: B018 hashed once, outside the timings
     pages, _ = synthetic_chapter(args.pages + 1, 0, size, seed=args.seed + 1)
-    base = _rss_peak_bytes()
+    base = peak_rss_bytes()
     with tempfile.TemporaryDirectory(prefix="pool-bench-") as cache:
         started = time.perf_counter()
         ReferencePool.cached(paths, encoder, size, cache)
@@ -150,7 +140,7 @@ def measure(count: int, args: argparse.Namespace) -> dict[str, Any]:
         "page_cpu_ms": round(1000 * statistics.median(cpu), 1),
         "reference_reads_per_page": round(statistics.mean(page_reads), 1),
         "base_rss_mb": _mb(base),
-        "peak_rss_mb": _mb(_rss_peak_bytes()),
+        "peak_rss_mb": _mb(peak_rss_bytes()),
         "pool_embeddings_mb": _mb(pool.embeddings.numel() * pool.embeddings.element_size()),
         "old_patches_mb": _mb(old_bytes),
     }

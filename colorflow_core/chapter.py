@@ -14,13 +14,14 @@ import os
 import stat
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 from .errors import InputError, OutputError
 from .files import check_writable_folder, save_image_atomic, write_bytes_atomic
 from .images import IMAGE_SUFFIXES, broken_links, check_image_files, describe_broken_links, natural_sort_key
 from .runtime.seeding import MAX_SEED
 
+T = TypeVar("T")
 SHEETS_DIR = "sheets"
 RETRIEVAL_DIR = "retrieval"  # OUT/retrieval/<stem>.json: the page's retrieval record
 POOL_CACHE_DIR = ".colorflow/pool_cache"  # under OUT: a resumed chapter reuses its reference embeddings
@@ -49,14 +50,22 @@ def collect_pages(inputs: Sequence[str]) -> list[Path]:
                 warn(f"skipping {item}: not an image file")
         else:
             raise InputError(f"page file or folder not found: {item}")
+    return in_reading_order(pages, inputs)
+
+
+def in_reading_order(pages: list[T], inputs: Sequence[str],
+                     file_name: Callable[[T], str] = lambda p: p.name) -> list[T]:
+    """``pages`` (paths, or locations whose file name ``file_name`` gives) without repeats, in natural
+    order of their names; InputError when there are none, or when two would write the same output."""
     if not pages:
         raise InputError(f"no page images found in {', '.join(inputs)}")
-    pages = sorted(dict.fromkeys(pages), key=lambda p: (natural_sort_key(p), str(p)))
-    stems: dict[str, Path] = {}
+    pages = sorted(dict.fromkeys(pages), key=lambda p: (natural_sort_key(Path(file_name(p))), str(p)))
+    stems: dict[str, T] = {}
     for page in pages:
-        if page.stem in stems:
-            raise InputError(f"two pages would write the same output {page.stem}.png: {stems[page.stem]} and {page}")
-        stems[page.stem] = page
+        stem = Path(file_name(page)).stem
+        if stem in stems:
+            raise InputError(f"two pages would write the same output {stem}.png: {stems[stem]} and {page}")
+        stems[stem] = page
     return pages
 
 

@@ -109,13 +109,13 @@ class ColorFlow:
     def __init__(self, style: str, pipeline: PageBatchPipeline, encoder: ImageEncoder, upscaler: GuidedUpscaler,
                  screentone: ScreenStyleConverter | None, lines: LineExtractor | None,
                  device: torch.device, dtype: torch.dtype, offload: performance.Offload,
-                 fusion_file: Path | None = None) -> None:
+                 fusion_file: Path | None = None, encoder_spec: str | None = None) -> None:
         self.style, self.pipeline, self.encoder, self.upscaler = style, pipeline, encoder, upscaler
         self.screentone, self.lines = screentone, lines
         self.device, self.dtype = device, dtype
         self.offload = offload
         self.fusion_file = fusion_file
-        self.encoder_spec: str | None = None  # the `encoder` option it was loaded with (None: an ImageEncoder given)
+        self.encoder_spec = encoder_spec  # the `encoder` option it was loaded with (None: an ImageEncoder given)
 
     @classmethod
     def load(cls, style: str = "screenstyle", release: str | Path | None = None, base: str | Path | None = None, *,
@@ -186,9 +186,8 @@ class ColorFlow:
         lines = getattr(reuse, "lines", None) if style in PIXART_STYLES else None
         if style in PIXART_STYLES and lines is None:
             lines = LineExtractor.from_file(paths.line_extractor, dev)
-        engine = cls(style, pipeline, image_encoder, upscaler, converter, lines, dev, dt, offload, fusion_file)
-        engine.encoder_spec = encoder if isinstance(encoder, str) else None
-        return engine
+        return cls(style, pipeline, image_encoder, upscaler, converter, lines, dev, dt, offload, fusion_file,
+                   encoder_spec=encoder if isinstance(encoder, str) else None)
 
     # ---- stages ----
 

@@ -152,9 +152,9 @@ def image_files(location: str, warn: Warn) -> list[str]:
 def collect_pages(inputs: list[str], warn: Warn) -> list[str]:
     """A chapter's page files from files and folders, as the CLI collects them (natural order, one
     output name per page); URIs are listed through fsspec with the same rules."""
-    if not any(map(is_uri, inputs)):
-        from .. import chapter as layout
+    from .. import chapter as layout
 
+    if not any(map(is_uri, inputs)):
         return [str(p) for p in layout.collect_pages(inputs)]
     pages: list[str] = []
     for item in inputs:
@@ -172,15 +172,7 @@ def collect_pages(inputs: list[str], warn: Warn) -> list[str]:
                 warn(f"skipping {item}: not an image file")
         else:
             raise InputError(f"page file or folder not found: {item}")
-    if not pages:
-        raise InputError(f"no page images found in {', '.join(inputs)}")
-    pages = sorted(dict.fromkeys(pages), key=lambda loc: (natural_sort_key(Path(name(loc))), loc))
-    stems: dict[str, str] = {}
-    for page in pages:
-        if stem(page) in stems:
-            raise InputError(f"two pages would write the same output {stem(page)}.png: {stems[stem(page)]} and {page}")
-        stems[stem(page)] = page
-    return pages
+    return layout.in_reading_order(pages, inputs, name)
 
 
 def read_image(location: str, what: str = "page") -> Image.Image:

@@ -23,11 +23,6 @@ REFERENCES = 2
 
 
 @pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    return write_release(tmp_path_factory.mktemp("release"))
-
-
-@pytest.fixture(scope="module")
 def inputs(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("inputs")
     pages, refs = folder / "pages", folder / "refs"

@@ -25,15 +25,9 @@ from colorflow_core.files import atomic_write, check_writable_folder, save_image
 from colorflow_core.retrieve.pool import ReferencePool
 from colorflow_core.retrieve.references import REFERENCE_PATCH_KINDS
 from colorflow_core.sizes import PageSize
-from colorflow_core.testing import write_release
 from tests.support.parity import REPO_ROOT
 
 LONG_STEM = "a" * 240  # + ".png": a valid file name (244 bytes); its old temporary names were not
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    return write_release(tmp_path_factory.mktemp("release"))
 
 
 def _page(path: Path, seed: int = 0) -> Path:

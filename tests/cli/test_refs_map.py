@@ -13,15 +13,9 @@ from colorflow_core import chapter, cli
 from colorflow_core.engine import ColorFlow
 from colorflow_core.errors import InputError
 from colorflow_core.retrieve.record import RetrievalRecord
-from colorflow_core.testing import write_release
 from colorflow_core.upscale.decoder import centre_crop
 
 REFS = ("hero_a.png", "villain_b.png")
-
-
-@pytest.fixture(scope="module")
-def release(tmp_path_factory) -> Path:
-    return write_release(tmp_path_factory.mktemp("release"))
 
 
 @pytest.fixture(scope="module")
