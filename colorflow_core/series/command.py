@@ -77,10 +77,6 @@ def _import_ray():
 
 
 def series_command(args: argparse.Namespace) -> int:
-    ray = _import_ray()
-    if ray is None:
-        print(f"error: colorize-series needs Ray, which is not installed: {INSTALL_HINT}", file=sys.stderr)
-        return EXIT_ERROR
     from .. import cli
     from .plan import RunOptions, plan_chapter, sweep, write_reports
     from .pools import embed_references, reference_statuses
@@ -103,6 +99,10 @@ def series_command(args: argparse.Namespace) -> int:
     chapters = read_series(storage.absolute(args.series), out, _warn)
     pool_cache = storage.absolute(args.pool_cache) if args.pool_cache else None
     plans = [plan_chapter(c, args.seed, args.sheets, pool_cache, _warn) for c in chapters]
+    ray = _import_ray()  # after every argument and the series were checked: those errors come first
+    if ray is None:
+        print(f"error: colorize-series needs Ray, which is not installed: {INSTALL_HINT}", file=sys.stderr)
+        return EXIT_ERROR
     todo = sum(len(p.todo) for p in plans)
     for plan in plans:
         if plan.skipped:

@@ -147,7 +147,8 @@ def test_uri_pages_are_collected_like_local_ones(tmp_path, capsys) -> None:
 def test_without_ray_the_command_says_what_to_install(monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     monkeypatch.setitem(sys.modules, "ray.data", None)
-    assert cli.main(["colorize-series", str(tmp_path), "--out", str(tmp_path / "o")]) == cli.EXIT_ERROR
+    series = write_series(tmp_path / "series")
+    assert cli.main(["colorize-series", str(series), "--out", str(tmp_path / "o")]) == cli.EXIT_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["error: colorize-series needs Ray, which is not installed: pip install -r requirements-cluster.txt "
                    '(or: pip install "ray[data]>=2.60")']
